@@ -1,0 +1,253 @@
+"""Unit tests of lib.py: model, data, augmentation, training, artifacts, receptive field."""
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import lib
+from conftest import make_image_folder
+
+# --------------------------------------------------------------------------------------- model
+
+@pytest.mark.parametrize("norm", lib.NORMS)
+def test_params_under_budget_and_output_shape(norm):
+    model = lib.build_model(norm)
+    assert 40_000 < lib.count_params(model) < lib.MAX_PARAMS
+    assert model(torch.randn(4, 3, 32, 32)).shape == (4, 10)
+
+
+def test_the_norm_layers_really_used():
+    def norms(m):
+        return [mod for mod in m.modules() if isinstance(mod, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm))]
+    bn, gn, ln = (norms(lib.build_model(n)) for n in lib.NORMS)
+    # one norm after each of the eight 3x3 convolutions (C1 C2 C3 C4 C5 C7 C8 C9)
+    assert len(bn) == len(gn) == len(ln) == 8
+    assert all(type(m) is nn.BatchNorm2d for m in bn)
+    assert all(type(m) is nn.GroupNorm and m.num_groups == 8 for m in gn)
+    assert all(type(m) is nn.GroupNorm and m.num_groups == 1 for m in ln)
+    # gamma and beta per channel for all three: the same parameter count
+    assert lib.count_params(lib.build_model("bn")) == lib.count_params(lib.build_model("gn")) \
+        == lib.count_params(lib.build_model("ln"))
+
+
+def test_ln_normalizes_each_sample_over_c_h_w():
+    x = torch.randn(3, 16, 8, 8) * 5 + 2
+    ln = lib.make_norm("ln", 16)
+    assert torch.allclose(ln(x), F.layer_norm(x, x.shape[1:]), atol=1e-5)
+    gn = lib.make_norm("gn", 16)
+    y = gn(x).reshape(3, 8, -1)          # each of 8 groups of 2 channels: mean 0, var 1
+    assert torch.allclose(y.mean(-1), torch.zeros(3, 8), atol=1e-5)
+    assert torch.allclose(y.var(-1, unbiased=False), torch.ones(3, 8), atol=1e-3)
+
+
+def test_receptive_field_table_matches_hand_computation():
+    rows = {r["layer"]: r for r in lib.receptive_field_table()}
+    assert [r["layer"] for r in lib.receptive_field_table()] == list(lib.LAYERS)
+    expected = dict(C1=3, C2=5, c3=5, P1=6, C3=10, C4=14, C5=18, c6=18, P2=20, C7=28, C8=36, C9=44)
+    assert {k: rows[k]["rf"] for k in expected} == expected
+    assert rows["C9"]["output"] == "8x8" and rows["P1"]["jump"] == 2 and rows["P2"]["jump"] == 4
+
+# ---------------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(norm="in"), ["'in'", "bn, gn, ln"]),
+    (dict(epochs=0), ["epochs=0", "1 to 20"]),
+    (dict(epochs=21), ["epochs=21", "1 to 20"]),
+    (dict(batch_size=0), ["batch_size=0", ">= 1"]),
+    (dict(norm="bn", groups=4), ["groups=4", "gn"]),
+])
+def test_bad_parameters_are_refused_by_name(kwargs, words, tiny_data, tmp_path):
+    args = dict(norm="bn", epochs=1, batch_size=32, data=tiny_data, progress=False) | kwargs
+    with pytest.raises(lib.NormbookError) as e:
+        lib.train(**args)
+    assert all(w in str(e.value) for w in words), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_model_over_budget_is_refused():
+    wide = dict(lib.WIDTHS, C7=64, C8=64, C9=64)
+    with pytest.raises(lib.NormbookError, match="parameters; the budget is fewer than 50,000"):
+        lib.build_model("bn", widths=wide)
+
+
+def test_gn_groups_must_divide_channels():
+    with pytest.raises(lib.NormbookError, match="divisible"):
+        lib.build_model("gn", groups=5)
+
+
+def test_nan_loss_stops_and_names_the_epoch(tiny_data):
+    with pytest.raises(lib.TrainingDiverged, match="epoch 1 of 2"):
+        lib.train("bn", epochs=2, batch_size=50, data=tiny_data, recipe=dict(peak_lr=float("nan")),
+                  precision="fp32", progress=False)
+
+# ----------------------------------------------------------------------------------------- data
+
+def test_image_folder_tree_loads_interleaved_and_cached(tiny_tree):
+    d = lib.load_cifar10(tiny_tree, full=False)
+    assert d.train_x.shape == (30, 3, 32, 32) and d.train_x.dtype == torch.uint8
+    assert d.test_x.shape == (20, 3, 32, 32)
+    assert d.train_y[:10].tolist() == list(range(10))       # classes interleaved: any prefix is balanced
+    assert (tiny_tree / "cifar10_uint8.pt").exists()
+    again = lib.load_cifar10(tiny_tree, full=False)
+    assert torch.equal(again.train_x, d.train_x) and "ImageFolder" in again.source
+
+
+def test_tree_with_wrong_counts_is_refused(tiny_tree):
+    with pytest.raises(lib.NormbookError, match="holds 3 images; expected 5000"):
+        lib.load_cifar10(tiny_tree, full=True)
+
+
+def test_tree_with_wrong_classes_is_refused(tmp_path):
+    make_image_folder(tmp_path, classes=lib.CLASSES[:9] + ("unicorn",))
+    with pytest.raises(lib.NormbookError, match="unicorn"):
+        lib.load_cifar10(tmp_path, full=False)
+
+
+def test_missing_data_offline_says_how_to_provide_it(tmp_path, monkeypatch):
+    import torchvision
+    def offline(*a, **k):
+        raise OSError("no network")
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(lib.NormbookError) as e:
+        lib.load_cifar10(tmp_path / "nowhere")
+    assert "nowhere" in str(e.value) and "tar xzf" in str(e.value)
+    assert not (tmp_path / "nowhere" / "cifar10_uint8.pt").exists()
+
+
+def test_subset_takes_a_prefix(tiny_data):
+    s = tiny_data.subset(20)
+    assert len(s.train_y) == 20 and len(s.test_y) == 20 and "first 20" in s.source
+    assert tiny_data.subset(0) is tiny_data
+
+# ---------------------------------------------------------------------------------- augmentation
+
+def test_flip_is_drawn_per_image_and_keeps_shape_and_dtype():
+    x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    out = lib.augment(x, torch.Generator().manual_seed(0), flip=True, translate=0)
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    flipped = [torch.equal(o, xi.flip(2)) for o, xi in zip(out, x)]
+    same = [torch.equal(o, xi) for o, xi in zip(out, x)]
+    assert all(f or s for f, s in zip(flipped, same))
+    assert 10 < sum(flipped) < 54            # some images flipped, some not: not the whole batch
+
+
+def test_translate_moves_each_image_by_at_most_t_pixels():
+    x = torch.arange(32 * 32, dtype=torch.float32).reshape(1, 1, 32, 32).repeat(16, 3, 1, 1)
+    out = lib.augment(x, torch.Generator().manual_seed(1), flip=False, translate=2)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    centre = out[:, 0, 16, 16]                       # pixel value = 32*row + col of the source
+    dy, dx = (centre // 32 - 16), (centre % 32 - 16)
+    assert dy.abs().max() <= 2 and dx.abs().max() <= 2
+    assert len(set(zip(dy.tolist(), dx.tolist()))) > 3   # offsets differ between images
+
+
+def test_normalize_standardizes_with_given_mean_std():
+    x = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
+    out = lib.normalize(x, torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.25, 0.5, 1.0]))
+    assert out.dtype == torch.float32
+    assert torch.allclose(out[0, :, 0, 0], torch.tensor([2.0, 1.0, 0.5]))
+
+# -------------------------------------------------------------------------------------- training
+
+def test_same_seed_same_history_and_other_seed_differs(tiny_data):
+    run = lambda seed: lib.train("gn", epochs=1, batch_size=32, seed=seed, data=tiny_data,
+                                 precision="fp32", progress=False)[1]["history"]
+    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]
+    a, b, c = run(0), run(0), run(1)
+    assert strip(a) == strip(b)
+    assert strip(a) != strip(c)
+
+
+def test_training_learns_and_records_metrics(tiny_data):
+    model, m = lib.train("bn", epochs=3, batch_size=20, data=tiny_data, precision="fp32", progress=False)
+    assert [h["epoch"] for h in m["history"]] == [1, 2, 3]
+    for key in ("norm", "params", "epochs", "seed", "batch_size", "history", "final_train_acc",
+                "final_test_acc", "data", "device", "torch", "seconds", "mean", "std", "tta", "recipe"):
+        assert key in m
+    assert m["final_test_acc"] == m["history"][-1]["test_acc"]
+    assert m["history"][-1]["train_loss"] < m["history"][0]["train_loss"]
+    assert m["history"][-1]["lr_end"] < 0.05 * m["peak_lr"]      # one-cycle anneals to ~0
+
+
+def test_one_cycle_rises_then_falls():
+    lrs = [lib.one_cycle(s, 100, 0.4, 0.25) for s in range(100)]
+    assert max(lrs) == pytest.approx(0.4) and lrs.index(max(lrs)) == 24
+    assert lrs[0] < lrs[10] < lrs[24] and lrs[50] > lrs[99] >= 0
+
+# ------------------------------------------------------------------------------------- artifacts
+
+def test_save_and_load_round_trip(tiny_data, tmp_path):
+    model, m = lib.train("ln", epochs=1, batch_size=50, data=tiny_data, precision="fp32", progress=False)
+    out = lib.save_run(model, m, tmp_path / "run")
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert not any(k.startswith("_orig_mod.") for k in state)
+    loaded, metrics = lib.load_run(out)
+    assert metrics == json.loads(json.dumps(m))
+    x = lib.normalize(tiny_data.test_x[:8], torch.tensor(m["mean"]), torch.tensor(m["std"]))
+    assert torch.allclose(loaded(x), model.eval()(x), atol=1e-5)
+
+
+def test_a_failed_write_keeps_the_old_artifact(tiny_data, tmp_path, monkeypatch):
+    model, m = lib.train("bn", epochs=1, batch_size=50, data=tiny_data, precision="fp32", progress=False)
+    out = lib.save_run(model, m, tmp_path / "run")
+    before = (out / "model.pt").read_bytes()
+    def broken(obj, f):
+        f.write(b"half a file")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(KeyboardInterrupt):
+        lib.save_run(model, m, out)
+    assert (out / "model.pt").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.pt"]   # no temp files left
+
+# ------------------------------------------------------------------------------------ evaluation
+
+def test_misclassified_and_confusion_matrix():
+    probs = torch.tensor([[0.9, 0.1] + [0] * 8, [0.2, 0.8] + [0] * 8, [0.7, 0.3] + [0] * 8])
+    y = torch.tensor([0, 0, 1])
+    wrong = lib.misclassified(probs, y, k=10)
+    assert [w["index"] for w in wrong] == [1, 2]
+    assert wrong[0] == dict(index=1, true="airplane", pred="automobile", confidence=pytest.approx(0.8))
+    cm = lib.confusion_matrix(probs, y)
+    assert cm[0, 0] == 1 and cm[0, 1] == 1 and cm[1, 0] == 1 and cm.sum() == 3
+    assert lib.per_class_accuracy(cm)[:2] == [50.0, 0.0]
+
+# ----------------------------------------------------------------------------------- experiments
+
+def test_bn_batch_statistics_evaluation_leaves_the_model_alone(tiny_data):
+    model, m = lib.train("bn", epochs=1, batch_size=20, data=tiny_data, precision="fp32", progress=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    args = (model, tiny_data.test_x, m["mean"], m["std"])
+    running = lib.predict(*args, batch_size=4)
+    batch = lib.predict(*args, batch_size=4, batch_stats=True)
+    assert not torch.allclose(running, batch)                 # the statistics really differ
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not model.training
+    ln, mln = lib.train("ln", epochs=1, batch_size=20, data=tiny_data, precision="fp32", progress=False)
+    a = lib.predict(ln, tiny_data.test_x, mln["mean"], mln["std"], batch_size=4)
+    b = lib.predict(ln, tiny_data.test_x, mln["mean"], mln["std"], batch_size=4, batch_stats=True)
+    assert torch.allclose(a, b)                               # no running averages: nothing changes
+
+
+def test_group_counts_and_instance_norm():
+    groups = lambda g: [m.num_groups for m in lib.build_model("gn", g).modules() if isinstance(m, nn.GroupNorm)]
+    assert groups(4) == [4] * 8
+    assert groups("C/1") == list(v for k, v in lib.WIDTHS.items() if k.startswith("C"))   # one per channel
+    assert groups("C/2") == [v // 2 for k, v in lib.WIDTHS.items() if k.startswith("C")]
+    with pytest.raises(lib.NormbookError, match="'C/x' is invalid"):
+        lib.check_params("gn", 1, 1, "C/x")
+
+
+def test_sweep_writes_one_artifact_per_point_and_resumes(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(lib, "sweep_dir", lambda kind: tmp_path / kind)
+    monkeypatch.setitem(lib.SWEEPS, "batch", [("bn", 10, None), ("gn", 20, None)])
+    lib.run_sweep("batch", seeds=(0,), data=tiny_data, budget=dict(n_train=40, epochs=1))
+    points = lib.load_sweep("batch")
+    assert sorted((p["norm"], p["batch_size"]) for p in points) == [("bn", 10), ("gn", 20)]
+    bn = next(p for p in points if p["norm"] == "bn")
+    assert bn["n_train"] == 40 and bn["n_test"] == 100 and 0 <= bn["final_test_acc_batch_stats"] <= 100
+    stamp = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "batch").iterdir()}
+    lib.run_sweep("batch", seeds=(0,), data=tiny_data, budget=dict(n_train=40, epochs=1))
+    assert stamp == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "batch").iterdir()}  # done points kept
