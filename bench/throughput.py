@@ -1,0 +1,153 @@
+"""Training throughput of lib.py against a seed-style PyTorch pipeline, on this machine.
+
+For each norm at batch 128, in training mode:
+  lib         lib.train(): data held as uint8 tensors, whole-batch augmentation, bf16 autocast where
+              the CPU has it, channels_last where it pays, one host sync per epoch (evaluation excluded)
+  seed-style  the usual tutorial pipeline: a CIFAR10-like Dataset of uint8 arrays with per-image PIL
+              transforms (RandomHorizontalFlip, ToTensor, Normalize), a DataLoader with 2 worker
+              processes, a plain fp32 SGD loop
+Prints a table and one JSON line per norm; writes bench/results.json (atomically).
+
+    python bench/throughput.py [--images 12800]
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import lib  # noqa: E402
+
+
+def cpu_clock_ghz() -> float:
+    """The nominal clock read from the machine (/proc/cpuinfo), in GHz."""
+    try:
+        mhz = [float(l.split(":")[1]) for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("cpu MHz")]
+        return max(mhz) / 1000
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def training_flops_per_image(norm: str) -> float:
+    """2 FLOPs per multiply-add, forward once and backward twice (grad wrt input and weights)."""
+    from torchinfo import summary
+    macs = summary(lib.build_model(norm), input_size=(1, 3, 32, 32), verbose=0).total_mult_adds
+    return 3 * 2 * macs
+
+
+class SeedStyleCIFAR(torch.utils.data.Dataset):
+    """What torchvision.datasets.CIFAR10 does per item: uint8 HWC array -> PIL image -> transforms."""
+
+    def __init__(self, x_uint8_nchw, y, transform):
+        self.data = x_uint8_nchw.permute(0, 2, 3, 1).numpy()
+        self.targets = y.tolist()
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        return self.transform(Image.fromarray(self.data[i])), self.targets[i]
+
+
+def seed_style_images_per_s(norm, data, n_images, batch_size=128, workers=2) -> float:
+    import torchvision.transforms as T
+    mean, std = data.mean_std()
+    tf = T.Compose([T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+    loader = torch.utils.data.DataLoader(SeedStyleCIFAR(data.train_x[:n_images], data.train_y[:n_images], tf),
+                                         batch_size=batch_size, shuffle=True, num_workers=workers,
+                                         persistent_workers=False)
+    model = lib.build_model(norm).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    start, seen = time.perf_counter(), 0
+    for x, y in loader:                     # worker start-up counts: a seed run pays it every epoch
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        seen += len(y)
+        print(f"\r  seed-style {norm}: {seen}/{n_images} images", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    return seen / (time.perf_counter() - start)
+
+
+def step_images_per_s(norm, layout, precision, batch_size=128, steps=12) -> float:
+    """The bare training step (forward, backward, SGD) on a fixed random batch: no data pipeline."""
+    model = lib.build_model(norm).to(memory_format=layout).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, foreach=True)
+    x = torch.randn(batch_size, 3, 32, 32).contiguous(memory_format=layout)
+    y = torch.randint(0, 10, (batch_size,))
+    for i in range(steps + 3):
+        if i == 3:                                        # 3 warm-up steps
+            start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return batch_size * steps / (time.perf_counter() - start)
+
+
+def options_table() -> list[dict]:
+    """Each layout x precision option, per norm, as images/s of the bare step and speed-up over fp32 NCHW."""
+    rows = []
+    for norm in lib.NORMS:
+        base = None
+        for layout_name, layout in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
+            for precision in ("fp32", "bf16"):
+                ips = step_images_per_s(norm, layout, precision)
+                base = base or ips
+                rows.append(dict(norm=norm, layout=layout_name, precision=precision,
+                                 images_per_s=round(ips, 1), speedup=round(ips / base, 2)))
+                print(f"  step {norm} {layout_name:<13} {precision}: {ips:7.0f} img/s", file=sys.stderr)
+    return rows
+
+
+def lib_images_per_s(norm, data, n_images, batch_size=128) -> tuple[float, str]:
+    lib.train(norm, epochs=1, batch_size=batch_size, data=data, subset=batch_size * 8, progress=False)  # warm-up
+    _, m = lib.train(norm, epochs=1, batch_size=batch_size, data=data, subset=n_images, progress=False)
+    return m["train_images_per_s"], f"{m['precision']}, {m['memory_format']}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=12_800, help="training images timed per pipeline and norm")
+    ap.add_argument("--data-dir", default="data")
+    ap.add_argument("--out", default=str(lib.ROOT / "bench" / "results.json"))
+    args = ap.parse_args()
+
+    data = lib.load_cifar10(args.data_dir)
+    ghz = cpu_clock_ghz()
+    cores = os.cpu_count()
+    peak = cores * 32 * ghz          # fp32: 2 AVX-512 FMA pipes x 16 lanes x 2 FLOPs = 32 FLOP/cycle/core (Zen 4)
+    results = []
+    for norm in lib.NORMS:
+        ours, setting = lib_images_per_s(norm, data, args.images)
+        seed = seed_style_images_per_s(norm, data, args.images)
+        gflops = ours * training_flops_per_image(norm) / 1e9
+        r = dict(norm=norm, lib_images_per_s=round(ours, 1), seed_style_images_per_s=round(seed, 1),
+                 ratio=round(ours / seed, 2), gflops=round(gflops, 1), peak_fp32_gflops=round(peak, 1),
+                 fraction_of_fp32_peak=round(gflops / peak, 3), lib_setting=setting, batch_size=128,
+                 images_timed=args.images, threads=torch.get_num_threads(), cores=cores, clock_ghz=round(ghz, 3),
+                 torch=torch.__version__, device=lib._device_name(torch.device("cpu")))
+        results.append(r)
+        print(json.dumps(r), flush=True)
+
+    print(f"\n{'norm':<5}{'lib img/s':>11}{'seed img/s':>12}{'ratio':>7}{'GFLOP/s':>9}{'of fp32 peak':>14}  lib setting")
+    for r in results:
+        print(f"{r['norm']:<5}{r['lib_images_per_s']:>11.0f}{r['seed_style_images_per_s']:>12.0f}{r['ratio']:>7.2f}"
+              f"{r['gflops']:>9.1f}{100 * r['fraction_of_fp32_peak']:>13.0f}%  {r['lib_setting']}")
+    print(f"fp32 peak: {cores} cores x 32 FLOP/cycle x {ghz:.2f} GHz = {peak:.0f} GFLOP/s")
+    options = options_table()
+    lib._atomic_write(Path(args.out), lambda f: f.write(json.dumps(
+        dict(pipelines=results, options=options), indent=1).encode()))
+
+
+if __name__ == "__main__":
+    main()
