@@ -648,6 +648,9 @@ def plot_curves(runs: list[dict], title: str = ""):
         for ax, key in zip(axes, ("loss", "acc")):
             ax.plot(ep, [h[f"train_{key}"] for h in m["history"]], "--", color=c, label=f"{label} train")
             ax.plot(ep, [h.get(f"test_{key}") for h in m["history"]], "-", color=c, label=f"{label} test")
+    from matplotlib.ticker import MaxNLocator
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set(xlabel="epoch", ylabel="cross-entropy (label smoothing 0.1)", title="Loss")
     axes[1].set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     axes[1].legend(ncol=len(runs), fontsize=8, loc="lower right")
@@ -660,7 +663,7 @@ def plot_curves(runs: list[dict], title: str = ""):
 def plot_misclassified(x_uint8: torch.Tensor, mistakes: list[dict], title: str = ""):
     """A 5x2 grid (5 columns, 2 rows) of misclassified images, each with true, predicted, confidence."""
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, 5, figsize=(11, 5.4))
+    fig, axes = plt.subplots(2, 5, figsize=(11, 6))
     for ax, m in zip(axes.flat, mistakes):
         ax.imshow(x_uint8[m["index"]].permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_title(f"true: {m['true']}\npred: {m['pred']} ({100 * m['confidence']:.0f}%)", fontsize=9)
