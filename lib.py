@@ -772,7 +772,9 @@ def readme_results() -> str:
         lines += [f"{i}. {f}" for i, f in enumerate(json.loads(findings.read_text()), 1)] + [""]
     figures = [("curves", "Loss and accuracy per epoch (train dashed, test solid)")] + \
         [(f"misclassified_{n}", f"{NORM_NAMES[n]}: 10 misclassified test images (final model)") for n in NORMS] + \
-        [("confusion", "Confusion matrices (test set)"), ("per_class", "Per-class test accuracy")]
+        [("confusion", "Confusion matrices (test set)"), ("per_class", "Per-class test accuracy"),
+         ("batch_sweep", "Experiment: test accuracy against batch size (reduced budget: 10,000 images, 6 epochs)"),
+         ("group_sweep", "Experiment: GroupNorm accuracy against group count (same reduced budget)")]
     for name, caption in figures:
         if (ROOT / "book" / "figures" / f"{name}.png").exists():
             lines += [f"**{caption}**", "", f"![{caption}](book/figures/{name}.png)", ""]
