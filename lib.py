@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 NORMS = ("bn", "gn", "ln")
 NORM_NAMES = {"bn": "BatchNorm", "gn": "GroupNorm (8 groups)", "ln": "LayerNorm"}
+TARGETS = {"bn": 85.0, "gn": 83.0, "ln": 82.0}   # our own goals: final test accuracy (%), mean over seeds
 MAX_EPOCHS = 20          # the mission's ceiling
 MAX_PARAMS = 50_000      # the mission's ceiling, strict: a model must have fewer
 GN_GROUPS = 8
@@ -701,7 +702,7 @@ def save_figure(fig, name: str) -> None:
 
 SWEEP_BUDGET = dict(n_train=10_000, epochs=6)
 SWEEPS = {
-    "batch": [(norm, b, None) for b in (2, 4, 8, 16, 32, 64, 128) for norm in NORMS],
+    "batch": [(norm, b, None) for b in (128, 64, 32, 16, 8, 4, 2) for norm in NORMS],   # fast points first
     "groups": [("gn", 128, g) for g in (1, 2, 4, 8, "C/4", "C/2", "C/1")],
 }
 
