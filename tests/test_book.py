@@ -31,7 +31,8 @@ def test_every_chapter_is_built(site):
         assert (site / f"{page}.html").exists(), page
     for page in ("intro", "results", "experiments"):                      # executed, and without errors
         html = (site / f"{page}.html").read_text()
-        assert "Traceback" not in html and "<img" in html or page == "intro", page
+        assert "Traceback" not in html, page
+        assert page == "intro" or "<img" in html, f"{page} shows no figure"
 
 
 def _chromium(tmp_path):
