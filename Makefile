@@ -7,7 +7,7 @@ DATA    ?= data
 CIFAR_TARBALL ?= ../shared/data/cifar10-jpeg.tar.gz
 PAPERMILL = $(PY) -m papermill --log-output --no-progress-bar
 
-.PHONY: report setup data runs seeds sweeps analysis book readme test browser bench clean
+.PHONY: report setup data runs seeds sweeps tune analysis book readme test browser bench clean
 
 ## The whole report from nothing: install, data, three training runs, analysis, README, site.
 report: setup data runs analysis readme book
@@ -33,6 +33,10 @@ runs:
 sweeps:
 	$(PY) -c 'import lib; lib.run_sweep("groups", seeds=(0, 1), data_dir="$(DATA)"); lib.run_sweep("batch", seeds=(0, 1), data_dir="$(DATA)")'
 
+## Recipe variants on the validation split (resumable), for the tuning appendix.
+tune:
+	$(PY) -c 'import lib; [lib.run_tuning(n, data_dir="$(DATA)") for n in lib.TUNING_PLAN]'
+
 ## Extra seeds for error bars; their executed notebooks stay beside their artifacts.
 seeds:
 	@for s in $(SEEDS); do for n in $(NORMS); do \
@@ -41,7 +45,7 @@ seeds:
 	done; done
 
 ## The chapters computed from run artifacts (tables, figures, glued numbers).
-CHAPTERS = intro theory architecture results experiments performance reproducibility
+CHAPTERS = intro theory architecture results experiments tuning performance reproducibility
 analysis:
 	@for c in $(CHAPTERS); do \
 	  $(PAPERMILL) --cwd book book/$$c.ipynb book/.$$c.partial.ipynb $(if $(filter-out data,$(DATA)),-p data_dir $(DATA)) \

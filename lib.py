@@ -103,6 +103,15 @@ class Cifar10:
         return Cifar10(self.train_x[:n], self.train_y[:n], self.test_x[:n_test], self.test_y[:n_test],
                        f"{self.source}, first {n:,} train / {min(n_test, len(self.test_y)):,} test images")
 
+    def holdout(self, n: int) -> "Cifar10":
+        """Tuning data: train on all but the last n training images, evaluate on those n instead of
+        the test set (the class-interleaved order makes them balanced: n/10 per class)."""
+        if not 0 < n < len(self.train_y):
+            raise NormbookError(f"holdout={n} must be between 1 and {len(self.train_y) - 1}")
+        return Cifar10(self.train_x[:-n], self.train_y[:-n], self.train_x[-n:], self.train_y[-n:],
+                       f"{self.source}; validation split: trained on the first {len(self.train_y) - n:,} "
+                       f"training images, evaluated on the last {n:,} (test set unused)")
+
     def mean_std(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of the training pixels, in [0, 1] units."""
         x = self.train_x.float().div_(255)
@@ -740,6 +749,50 @@ def run_sweep(kind: str, seeds=(0,), data_dir: str | Path = "data", budget: dict
 
 def load_sweep(kind: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(sweep_dir(kind).glob("*.json"))]
+
+
+# Tuning: recipe changes compared on a validation split, never on the test set. The last 5,000
+# training images (500 per class) are held out and the other 45,000 trained on for the full 20
+# epochs; each variant changes one thing against RECIPE. Results go to runs/tune/<norm>-<name>-s<seed>.json.
+VALIDATION_IMAGES = 5_000
+TUNING = {                                       # name -> changes to RECIPE (batch_size: train()'s)
+    "recipe": {},
+    "batch 64": dict(batch_size=64),
+    "peak lr 0.05": dict(peak_lr=0.05),
+    "peak lr 0.2": dict(peak_lr=0.2),
+    "no label smoothing": dict(label_smoothing=0.0),
+    "flip only": dict(translate=0),
+}
+# Every variant on BN; the peak LR, the setting GN and LN are most often
+# said to want differently, also on those two.
+TUNING_PLAN = {"bn": tuple(TUNING), "ln": ("recipe", "peak lr 0.05", "peak lr 0.2"),
+               "gn": ("recipe", "peak lr 0.05", "peak lr 0.2")}
+
+
+def tune_dir() -> Path:
+    return ROOT / "runs" / "tune"
+
+
+def run_tuning(norm: str, names=None, seed: int = 0, data_dir: str | Path = "data",
+               data: Cifar10 | None = None, holdout: int = VALIDATION_IMAGES, epochs: int = MAX_EPOCHS) -> None:
+    """Train each named TUNING variant of `norm` (default: its TUNING_PLAN) on the validation split;
+    resumable like run_sweep."""
+    data = (data or load_cifar10(data_dir)).holdout(holdout)
+    for name in names or TUNING_PLAN[norm]:
+        path = tune_dir() / f"{norm}-{name.replace(' ', '_')}-s{seed}.json"
+        if path.exists():
+            continue
+        change = dict(TUNING[name])
+        batch_size = change.pop("batch_size", 128)
+        _, m = train(norm, epochs=epochs, batch_size=batch_size, seed=seed, data=data, recipe=change, progress=False)
+        m.update(tuning=name, change=TUNING[name], evaluated_on="validation",
+                 final_val_acc=m["final_test_acc"], final_val_acc_tta=m["final_test_acc_tta"])
+        _atomic_write(path, lambda f: f.write(json.dumps(m, indent=1).encode()))
+        print(f"tuning {norm} {name!r}: validation {m['final_val_acc']:.2f} % in {m['seconds'] / 60:.1f} min", flush=True)
+
+
+def load_tuning() -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(tune_dir().glob("*.json"))]
 
 
 # =============================================================================================

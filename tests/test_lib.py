@@ -121,6 +121,15 @@ def test_subset_takes_a_prefix(tiny_data):
     assert len(s.train_y) == 20 and len(s.test_y) == 20 and "first 20" in s.source
     assert tiny_data.subset(0) is tiny_data
 
+
+def test_holdout_is_a_balanced_validation_split_from_the_training_images(tiny_data):
+    v = tiny_data.holdout(50)
+    assert len(v.train_y) == 150 and len(v.test_y) == 50 and "validation" in v.source
+    assert torch.equal(v.test_x, tiny_data.train_x[150:]) and torch.equal(v.train_x, tiny_data.train_x[:150])
+    assert v.test_y.bincount().tolist() == [5] * 10        # interleaved classes: balanced
+    with pytest.raises(lib.NormbookError, match="holdout"):
+        tiny_data.holdout(200)
+
 # ---------------------------------------------------------------------------------- augmentation
 
 def test_flip_is_drawn_per_image_and_keeps_shape_and_dtype():
@@ -251,3 +260,16 @@ def test_sweep_writes_one_artifact_per_point_and_resumes(tiny_data, tmp_path, mo
     stamp = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "batch").iterdir()}
     lib.run_sweep("batch", seeds=(0,), data=tiny_data, budget=dict(n_train=40, epochs=1))
     assert stamp == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "batch").iterdir()}  # done points kept
+
+
+def test_tuning_never_touches_the_test_set_and_resumes(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(lib, "tune_dir", lambda: tmp_path)
+    monkeypatch.setitem(lib.TUNING, "recipe", {})
+    monkeypatch.setitem(lib.TUNING, "batch 64", dict(batch_size=64))
+    lib.run_tuning("bn", names=("recipe", "batch 64"), data=tiny_data, holdout=50, epochs=1)
+    runs = {r["tuning"]: r for r in lib.load_tuning()}
+    assert set(runs) == {"recipe", "batch 64"} and runs["batch 64"]["batch_size"] == 64
+    assert all(r["n_train"] == 150 and r["n_test"] == 50 and r["evaluated_on"] == "validation" for r in runs.values())
+    stamp = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    lib.run_tuning("bn", names=("recipe",), data=tiny_data, holdout=50, epochs=1)
+    assert stamp == {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
