@@ -762,6 +762,9 @@ TUNING = {                                       # name -> changes to RECIPE (ba
     "peak lr 0.2": dict(peak_lr=0.2),
     "no label smoothing": dict(label_smoothing=0.0),
     "flip only": dict(translate=0),
+    "warmup 0.1": dict(warmup=0.1),
+    "weight decay 1e-4": dict(weight_decay=1e-4),
+    "weight decay 1e-3": dict(weight_decay=1e-3),
 }
 # Every variant on BN; the peak LR, the setting GN and LN are most often
 # said to want differently, also on those two.

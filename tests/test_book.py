@@ -26,10 +26,10 @@ def site(tmp_path_factory) -> Path:
 
 
 def test_every_chapter_is_built(site):
-    for page in ["theory", "architecture", "runs/bn", "runs/gn", "runs/ln", "results", "performance",
-                 "reproducibility"]:
+    for page in ["theory", "architecture", "runs/bn", "runs/gn", "runs/ln", "results", "experiments", "tuning",
+                 "performance", "reproducibility"]:
         assert (site / f"{page}.html").exists(), page
-    for page in ("intro", "results", "experiments"):                      # executed, and without errors
+    for page in ("intro", "results", "experiments", "tuning"):            # executed, and without errors
         html = (site / f"{page}.html").read_text()
         assert "Traceback" not in html, page
         assert page == "intro" or "<img" in html, f"{page} shows no figure"
