@@ -77,9 +77,16 @@ def seed_style_images_per_s(norm, data, n_images, batch_size=128, workers=2) -> 
     return seen / (time.perf_counter() - start)
 
 
-def step_images_per_s(norm, layout, precision, batch_size=128, steps=12) -> float:
-    """The bare training step (forward, backward, SGD) on a fixed random batch: no data pipeline."""
-    model = lib.build_model(norm).to(memory_format=layout).train()
+def step_images_per_s(norm, layout, precision, batch_size=128, steps=12, group_norm=None) -> float:
+    """The bare training step (forward, backward, SGD) on a fixed random batch: no data pipeline.
+    group_norm: a GroupNorm subclass to put in place of every nn.GroupNorm (same parameters)."""
+    model = lib.build_model(norm)
+    if group_norm is not None:
+        for block in model.modules():
+            for name, child in list(block.named_children()):
+                if type(child) is torch.nn.GroupNorm:
+                    setattr(block, name, group_norm(child.num_groups, child.num_channels))
+    model = model.to(memory_format=layout).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, foreach=True)
     x = torch.randn(batch_size, 3, 32, 32).contiguous(memory_format=layout)
     y = torch.randint(0, 10, (batch_size,))
@@ -106,6 +113,45 @@ def options_table() -> list[dict]:
                 rows.append(dict(norm=norm, layout=layout_name, precision=precision,
                                  images_per_s=round(ips, 1), speedup=round(ips / base, 2)))
                 print(f"  step {norm} {layout_name:<13} {precision}: {ips:7.0f} img/s", file=sys.stderr)
+    return rows
+
+
+# GroupNorm (8 groups) is the slowest of the three on the CPU: other ways to compute the same thing.
+class GroupNormFp32Input(torch.nn.GroupNorm):
+    """PyTorch's kernel on a float32 copy of the bf16 input (its channels_last path is faster in fp32)."""
+    def forward(self, x):
+        return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps)
+
+
+class GroupNormViaBatchNorm(torch.nn.GroupNorm):
+    """Statistics per (sample, group) from batch_norm on a (1, N*G, rest) view, then gamma and beta."""
+    def forward(self, x):
+        n, c, h, w = x.shape
+        y = F.batch_norm(x.reshape(1, n * self.num_groups, -1), None, None, training=True, eps=self.eps)
+        return torch.addcmul(self.bias.view(1, c, 1, 1), y.view(n, c, h, w), self.weight.view(1, c, 1, 1))
+
+
+class GroupNormFromReductions(torch.nn.GroupNorm):
+    """Mean and variance from plain tensor reductions over a channels-last (N, HW, G, C/G) view, in fp32."""
+    def forward(self, x):
+        n, c, h, w = x.shape
+        xg = x.float().permute(0, 2, 3, 1).reshape(n, h * w, self.num_groups, c // self.num_groups)
+        var, mean = torch.var_mean(xg, dim=(1, 3), keepdim=True, correction=0)
+        y = ((xg - mean) * torch.rsqrt(var + self.eps)).reshape(n, h, w, c) * self.weight + self.bias
+        return y.permute(0, 3, 1, 2)
+
+
+def group_norm_table() -> list[dict]:
+    """The bare GN step (bf16 autocast) with each GroupNorm implementation and layout."""
+    rows = []
+    for impl, cls in (("PyTorch GroupNorm", None), ("GroupNorm on fp32 input", GroupNormFp32Input),
+                      ("via batch_norm", GroupNormViaBatchNorm), ("tensor reductions", GroupNormFromReductions)):
+        for layout_name, layout in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
+            if cls is GroupNormViaBatchNorm and layout is torch.channels_last:
+                continue                                  # the (1, N*G, rest) view needs NCHW memory
+            ips = step_images_per_s("gn", layout, "bf16", group_norm=cls)
+            rows.append(dict(implementation=impl, layout=layout_name, images_per_s=round(ips, 1)))
+            print(f"  step gn {impl:<24} {layout_name:<13}: {ips:7.0f} img/s", file=sys.stderr)
     return rows
 
 
@@ -145,8 +191,9 @@ def main():
               f"{r['gflops']:>9.1f}{100 * r['fraction_of_fp32_peak']:>13.0f}%  {r['lib_setting']}")
     print(f"fp32 peak: {cores} cores x 32 FLOP/cycle x {ghz:.2f} GHz = {peak:.0f} GFLOP/s")
     options = options_table()
+    group_norm = group_norm_table()
     lib._atomic_write(Path(args.out), lambda f: f.write(json.dumps(
-        dict(pipelines=results, options=options), indent=1).encode()))
+        dict(pipelines=results, options=options, group_norm=group_norm), indent=1).encode()))
 
 
 if __name__ == "__main__":
