@@ -827,10 +827,22 @@ def readme_results() -> str:
     if findings.exists():
         lines += ["**Findings** (computed by `book/results.ipynb` from the runs):", ""]
         lines += [f"{i}. {f}" for i, f in enumerate(json.loads(findings.read_text()), 1)] + [""]
+    tuning = load_tuning()
+    if tuning:
+        base = {t["norm"]: t["final_val_acc"] for t in tuning if t["tuning"] == "recipe"}
+        lines += [f"**Recipe tuning** (`make tune`; one change at a time, trained on {tuning[0]['n_train']:,} training "
+                  f"images, validation accuracy on the other {tuning[0]['n_test']:,}, never the test set): "
+                  + "; ".join(f"{n.upper()} baseline {base[n]:.2f} %, variants "
+                              + ", ".join(f"{t['tuning']} {t['final_val_acc'] - base[n]:+.2f}"
+                                          for t in tuning if t["norm"] == n and t["tuning"] != "recipe")
+                              for n in NORMS if n in base) + " points. Details in the tuning appendix.", ""]
+    sweep = load_sweep("batch")
+    budget = (f"reduced budget: {sweep[0]['budget']['n_train']:,} images, {sweep[0]['budget']['epochs']} epochs"
+              if sweep else "reduced budget")
     figures = [("curves", "Loss and accuracy per epoch (train dashed, test solid)")] + \
         [(f"misclassified_{n}", f"{NORM_NAMES[n]}: 10 misclassified test images (final model)") for n in NORMS] + \
         [("confusion", "Confusion matrices (test set)"), ("per_class", "Per-class test accuracy"),
-         ("batch_sweep", "Experiment: test accuracy against batch size (reduced budget: 10,000 images, 6 epochs)"),
+         ("batch_sweep", f"Experiment: test accuracy against batch size ({budget})"),
          ("group_sweep", "Experiment: GroupNorm accuracy against group count (same reduced budget)")]
     for name, caption in figures:
         if (ROOT / "book" / "figures" / f"{name}.png").exists():

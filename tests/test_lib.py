@@ -273,3 +273,17 @@ def test_tuning_never_touches_the_test_set_and_resumes(tiny_data, tmp_path, monk
     stamp = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
     lib.run_tuning("bn", names=("recipe",), data=tiny_data, holdout=50, epochs=1)
     assert stamp == {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+
+
+def test_readme_results_come_from_the_run_artifacts(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n{lib.README_START}\nstale numbers\n{lib.README_END}\nfooter\n")
+    lib.update_readme(readme)
+    text = readme.read_text()
+    assert text.startswith("# title\n") and text.endswith("footer\n") and "stale numbers" not in text
+    for norm, m in lib.main_runs().items():                  # the committed runs' own numbers, as printed
+        assert f"| {lib.NORM_NAMES[norm]} | {m['params']:,} | " in text and f"{m['final_test_acc']:.2f}" in text
+    for t in lib.load_tuning():
+        assert f"{t['tuning']}" in text or t["tuning"] == "recipe"
+    lib.update_readme(readme)
+    assert readme.read_text() == text                        # idempotent
