@@ -497,6 +497,14 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+def _atomic_write_json(obj, path: Path) -> None:
+    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+
+
+def _read_jsons(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
 def _atomic_save(obj, path: Path) -> None:
     _atomic_write(Path(path), lambda f: torch.save(obj, f))
 
@@ -515,7 +523,7 @@ def save_run(model: nn.Module, metrics: dict, out_dir: str | Path) -> Path:
     plain = getattr(model, "_orig_mod", model)          # torch.compile wraps; save the plain module
     state = {k: v.detach().cpu() for k, v in plain.state_dict().items()}
     _atomic_save(state, out / "model.pt")
-    _atomic_write(out / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=1).encode()))
+    _atomic_write_json(metrics, out / "metrics.json")
     return out
 
 
@@ -743,12 +751,12 @@ def run_sweep(kind: str, seeds=(0,), data_dir: str | Path = "data", budget: dict
                 probs = predict(model, data.test_x, m["mean"], m["std"], m["precision"],
                                 batch_size=batch_size, batch_stats=True)
                 m["final_test_acc_batch_stats"] = 100.0 * (probs.argmax(1).cpu() == data.test_y).float().mean().item()
-            _atomic_write(path, lambda f: f.write(json.dumps(m, indent=1).encode()))
+            _atomic_write_json(m, path)
             print(f"{kind} sweep: {path.name}: test {m['final_test_acc']:.2f} % in {m['seconds']:.0f} s", flush=True)
 
 
 def load_sweep(kind: str) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(sweep_dir(kind).glob("*.json"))]
+    return _read_jsons(sweep_dir(kind))
 
 
 # Tuning: recipe changes compared on a validation split, never on the test set. The last 5,000
@@ -790,12 +798,12 @@ def run_tuning(norm: str, names=None, seed: int = 0, data_dir: str | Path = "dat
         _, m = train(norm, epochs=epochs, batch_size=batch_size, seed=seed, data=data, recipe=change, progress=False)
         m.update(tuning=name, change=TUNING[name], evaluated_on="validation",
                  final_val_acc=m["final_test_acc"], final_val_acc_tta=m["final_test_acc_tta"])
-        _atomic_write(path, lambda f: f.write(json.dumps(m, indent=1).encode()))
+        _atomic_write_json(m, path)
         print(f"tuning {norm} {name!r}: validation {m['final_val_acc']:.2f} % in {m['seconds'] / 60:.1f} min", flush=True)
 
 
 def load_tuning() -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(tune_dir().glob("*.json"))]
+    return _read_jsons(tune_dir())
 
 
 # =============================================================================================
@@ -831,7 +839,8 @@ def readme_results() -> str:
     if tuning:
         base = {t["norm"]: t["final_val_acc"] for t in tuning if t["tuning"] == "recipe"}
         lines += [f"**Recipe tuning** (`make tune`; one change at a time, trained on {tuning[0]['n_train']:,} training "
-                  f"images, validation accuracy on the other {tuning[0]['n_test']:,}, never the test set): "
+                  f"images, validation accuracy on the other {tuning[0]['n_test']:,}, never the test set; data: "
+                  f"{tuning[0]['data'].split('; validation split')[0]}): "
                   + "; ".join(f"{n.upper()} baseline {base[n]:.2f} %, variants "
                               + ", ".join(f"{t['tuning']} {t['final_val_acc'] - base[n]:+.2f}"
                                           for t in tuning if t["norm"] == n and t["tuning"] != "recipe")

@@ -77,15 +77,23 @@ def seed_style_images_per_s(norm, data, n_images, batch_size=128, workers=2) -> 
     return seen / (time.perf_counter() - start)
 
 
+def swap_group_norm(model: torch.nn.Module, group_norm) -> torch.nn.Module:
+    """Put a `group_norm` (a GroupNorm subclass) in place of every nn.GroupNorm, keeping its parameters."""
+    for block in model.modules():
+        for name, child in list(block.named_children()):
+            if type(child) is torch.nn.GroupNorm:
+                new = group_norm(child.num_groups, child.num_channels, child.eps)
+                new.load_state_dict(child.state_dict())
+                setattr(block, name, new)
+    return model
+
+
 def step_images_per_s(norm, layout, precision, batch_size=128, steps=12, group_norm=None) -> float:
     """The bare training step (forward, backward, SGD) on a fixed random batch: no data pipeline.
-    group_norm: a GroupNorm subclass to put in place of every nn.GroupNorm (same parameters)."""
+    group_norm: a GroupNorm subclass to use instead of nn.GroupNorm (see swap_group_norm)."""
     model = lib.build_model(norm)
     if group_norm is not None:
-        for block in model.modules():
-            for name, child in list(block.named_children()):
-                if type(child) is torch.nn.GroupNorm:
-                    setattr(block, name, group_norm(child.num_groups, child.num_channels))
+        model = swap_group_norm(model, group_norm)
     model = model.to(memory_format=layout).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, foreach=True)
     x = torch.randn(batch_size, 3, 32, 32).contiguous(memory_format=layout)

@@ -262,16 +262,18 @@ def test_sweep_writes_one_artifact_per_point_and_resumes(tiny_data, tmp_path, mo
     assert stamp == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "batch").iterdir()}  # done points kept
 
 
-def test_tuning_never_touches_the_test_set_and_resumes(tiny_data, tmp_path, monkeypatch):
+def test_tuning_never_touches_the_test_set_applies_its_change_and_resumes(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(lib, "tune_dir", lambda: tmp_path)
-    monkeypatch.setitem(lib.TUNING, "recipe", {})
-    monkeypatch.setitem(lib.TUNING, "batch 64", dict(batch_size=64))
-    lib.run_tuning("bn", names=("recipe", "batch 64"), data=tiny_data, holdout=50, epochs=1)
+    no_test_set = lib.Cifar10(tiny_data.train_x, tiny_data.train_y, None, None, "train only")  # any use would fail
+    lib.run_tuning("bn", names=("recipe", "batch 64", "no label smoothing"), data=no_test_set, holdout=50, epochs=1)
     runs = {r["tuning"]: r for r in lib.load_tuning()}
-    assert set(runs) == {"recipe", "batch 64"} and runs["batch 64"]["batch_size"] == 64
+    assert set(runs) == {"recipe", "batch 64", "no label smoothing"}
+    assert runs["batch 64"]["batch_size"] == 64 and runs["recipe"]["batch_size"] == 128
+    assert runs["no label smoothing"]["recipe"]["label_smoothing"] == 0.0
+    assert runs["recipe"]["recipe"] == lib.RECIPE
     assert all(r["n_train"] == 150 and r["n_test"] == 50 and r["evaluated_on"] == "validation" for r in runs.values())
     stamp = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
-    lib.run_tuning("bn", names=("recipe",), data=tiny_data, holdout=50, epochs=1)
+    lib.run_tuning("bn", names=("recipe",), data=no_test_set, holdout=50, epochs=1)
     assert stamp == {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
 
 
@@ -282,8 +284,12 @@ def test_readme_results_come_from_the_run_artifacts(tmp_path):
     text = readme.read_text()
     assert text.startswith("# title\n") and text.endswith("footer\n") and "stale numbers" not in text
     for norm, m in lib.main_runs().items():                  # the committed runs' own numbers, as printed
-        assert f"| {lib.NORM_NAMES[norm]} | {m['params']:,} | " in text and f"{m['final_test_acc']:.2f}" in text
-    for t in lib.load_tuning():
-        assert f"{t['tuning']}" in text or t["tuning"] == "recipe"
+        assert (f"| {lib.NORM_NAMES[norm]} | {m['params']:,} | {m['final_train_acc']:.2f} | "
+                f"{m['final_test_acc']:.2f} | {m['final_test_acc_tta']:.2f} |") in text
+    tuning = lib.load_tuning()
+    base = {t["norm"]: t["final_val_acc"] for t in tuning if t["tuning"] == "recipe"}
+    for t in tuning:
+        if t["tuning"] != "recipe":
+            assert f"{t['tuning']} {t['final_val_acc'] - base[t['norm']]:+.2f}" in text
     lib.update_readme(readme)
     assert readme.read_text() == text                        # idempotent
