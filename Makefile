@@ -35,7 +35,7 @@ sweeps:
 
 ## Recipe variants on the validation split (resumable), for the tuning appendix.
 tune:
-	$(PY) -c 'import lib; [lib.run_tuning(n, data_dir="$(DATA)") for n in lib.TUNING_PLAN]'
+	$(PY) -c 'import lib; lib.run_all_tuning(data_dir="$(DATA)")'
 
 ## Extra seeds for error bars; their executed notebooks stay beside their artifacts.
 seeds:

@@ -43,7 +43,17 @@ RECIPE = dict(
     label_smoothing=0.1,
     translate=2,            # random translation in pixels (reflect padding), after the flip
     flip=True,
+    shortcuts=False,        # identity shortcuts around C4-C5 and C8-C9 (no parameters); see the tuning appendix
 )
+
+
+# Keys added to RECIPE after some committed runs were made, with the value those runs used.
+RECIPE_ADDED_LATER = dict(shortcuts=False)
+
+
+def recorded_recipe(metrics: dict) -> dict:
+    """The recipe a run used, from its metrics (older runs lack the keys added later)."""
+    return {**RECIPE_ADDED_LATER, **metrics["recipe"]}
 
 
 class NormbookError(ValueError):
@@ -226,6 +236,9 @@ def normalize(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
 
 WIDTHS = dict(C1=16, C2=16, c3=16, C3=24, C4=24, C5=24, c6=32, C7=32, C8=32, C9=32)
 LAYERS = ("C1", "C2", "c3", "P1", "C3", "C4", "C5", "c6", "P2", "C7", "C8", "C9", "GAP", "c10")
+# Optional identity shortcuts (x + C5(C4(x)), x + C9(C8(x))): they add no parameters and no layers,
+# only a sum where the width stays the same ("add one layer to another").
+SHORTCUTS = (("C4", "C5"), ("C8", "C9"))
 
 
 def group_count(groups: int | str, channels: int) -> int:
@@ -254,27 +267,44 @@ def make_norm(norm: str, channels: int, groups: int | str = GN_GROUPS) -> nn.Mod
     raise NormbookError(f"unknown norm {norm!r}: choose one of {', '.join(NORMS)}")
 
 
+class Residual(nn.Sequential):
+    """x + layers(x): an identity shortcut around layers that keep the width."""
+    def forward(self, x):
+        return x + super().forward(x)
+
+
 class Net(nn.Sequential):
-    def __init__(self, norm: str, groups: int = GN_GROUPS, widths: dict = WIDTHS):
-        layers, c_in = [], 3
+    def __init__(self, norm: str, groups: int = GN_GROUPS, widths: dict = WIDTHS, shortcuts: bool = False):
+        layers, c_in = {}, 3
         for name in LAYERS:
             if name.startswith("C"):                                   # 3x3 conv, norm, ReLU
                 c_out = widths[name]
-                layers.append(nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-                                            make_norm(norm, c_out, groups), nn.ReLU(inplace=True)))
+                layers[name] = nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                                             make_norm(norm, c_out, groups), nn.ReLU(inplace=True))
                 c_in = c_out
             elif name in ("c3", "c6"):                                 # 1x1 transition
                 c_out = widths[name]
-                layers.append(nn.Conv2d(c_in, c_out, 1, bias=False))
+                layers[name] = nn.Conv2d(c_in, c_out, 1, bias=False)
                 c_in = c_out
             elif name.startswith("P"):
-                layers.append(nn.MaxPool2d(2))
+                layers[name] = nn.MaxPool2d(2)
             elif name == "GAP":
-                layers.append(nn.AdaptiveAvgPool2d(1))
+                layers[name] = nn.AdaptiveAvgPool2d(1)
             elif name == "c10":
-                layers += [nn.Conv2d(c_in, 10, 1, bias=False), nn.Flatten()]
-        super().__init__(*layers)
-        self.norm, self.groups = norm, groups
+                layers[name] = nn.Conv2d(c_in, 10, 1, bias=False)
+        for first, last in SHORTCUTS if shortcuts else ():
+            span = LAYERS[LAYERS.index(first):LAYERS.index(last) + 1]
+            before = [n for n in LAYERS[:LAYERS.index(first)] if n in widths][-1]
+            if len({widths[n] for n in (before, *span)}) > 1:
+                raise NormbookError(f"a shortcut around {first}-{last} needs one width from {before} to {last}")
+            residual = Residual(*(layers[name] for name in span))
+            layers = {**{n: m for n, m in layers.items() if n not in span[1:]}, first: residual}
+        super().__init__(*layers.values(), nn.Flatten())
+        self.norm, self.groups, self.shortcuts = norm, groups, shortcuts
+
+    def flat(self) -> list[nn.Module]:
+        """The layers of LAYERS in order (shortcut blocks opened up), then the final Flatten."""
+        return [m for top in self for m in (top if isinstance(top, Residual) else (top,))]
 
 
 def fast_memory_format(norm: str, device: torch.device):
@@ -301,11 +331,12 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def build_model(norm: str, groups: int = GN_GROUPS, widths: dict = WIDTHS) -> Net:
+def build_model(norm: str, groups: int = GN_GROUPS, widths: dict = WIDTHS,
+                shortcuts: bool = RECIPE["shortcuts"]) -> Net:
     """The mission's network with `norm` in bn | gn | ln; refuses anything at or over 50,000 params."""
     if norm not in NORMS:
         raise NormbookError(f"unknown norm {norm!r}: choose one of {', '.join(NORMS)}")
-    model = Net(norm, groups, widths)
+    model = Net(norm, groups, widths, shortcuts)
     n = count_params(model)
     if n >= MAX_PARAMS:
         raise NormbookError(f"the {norm} model has {n:,} parameters; the budget is fewer than {MAX_PARAMS:,}")
@@ -320,7 +351,7 @@ def receptive_field_table(model: nn.Module | None = None) -> list[dict]:
     model = model or build_model("bn")
     rows, r, j, size = [], 1, 1, 32
     names = iter(LAYERS)
-    for layer in model:
+    for layer in model.flat():
         conv = layer[0] if isinstance(layer, nn.Sequential) else layer
         if isinstance(conv, (nn.Conv2d, nn.MaxPool2d)):
             k = conv.kernel_size if isinstance(conv.kernel_size, int) else conv.kernel_size[0]
@@ -387,7 +418,7 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = 128, see
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
     layout = fast_memory_format(norm, device)
-    model = build_model(norm, groups or GN_GROUPS).to(device).to(memory_format=layout)
+    model = build_model(norm, groups or GN_GROUPS, shortcuts=recipe["shortcuts"]).to(device).to(memory_format=layout)
     mean, std = data.mean_std()
     mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
@@ -531,7 +562,8 @@ def load_run(out_dir: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild a saved model from its metrics and weights: (model in eval mode, metrics)."""
     out = run_dir(out_dir)
     metrics = json.loads((out / "metrics.json").read_text())
-    model = build_model(metrics["norm"], metrics.get("groups") or GN_GROUPS)
+    model = build_model(metrics["norm"], metrics.get("groups") or GN_GROUPS,
+                        shortcuts=recorded_recipe(metrics)["shortcuts"])
     model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
     return model.eval(), metrics
 
@@ -622,8 +654,8 @@ def is_full_run(m: dict) -> bool:
 
 
 def summary_rows() -> list[dict]:
-    """One row per norm: the seed-0 run's final accuracies, and mean/std of final test accuracy over
-    every full run of that norm (all seeds). The book's and the README's tables both come from here."""
+    """One row per norm: the seed-0 run's final accuracies, and mean/std of final test accuracy (and the
+    mean with flip TTA) over every full run of that norm (all seeds). The book's and the README's tables both come from here."""
     import statistics
     rows = []
     for norm, m in main_runs().items():
@@ -635,6 +667,7 @@ def summary_rows() -> list[dict]:
             "test_acc_tta": m["final_test_acc_tta"], "minutes": m["seconds"] / 60,
             "seeds": len(accs), "test_mean": statistics.mean(accs) if accs else float("nan"),
             "test_std": statistics.stdev(accs) if len(accs) > 1 else float("nan"),
+            "tta_mean": statistics.mean(r["final_test_acc_tta"] for r in seeds) if seeds else float("nan"),
             "full": is_full_run(m), "data": m["data"], "device": m["device"],
         })
     return rows
@@ -773,11 +806,14 @@ TUNING = {                                       # name -> changes to RECIPE (ba
     "warmup 0.1": dict(warmup=0.1),
     "weight decay 1e-4": dict(weight_decay=1e-4),
     "weight decay 1e-3": dict(weight_decay=1e-3),
+    "shortcuts": dict(shortcuts=True),
 }
 # Every variant on BN; the peak LR, the setting GN and LN are most often
 # said to want differently, also on those two.
-TUNING_PLAN = {"bn": tuple(TUNING), "ln": ("recipe", "peak lr 0.05", "peak lr 0.2"),
-               "gn": ("recipe", "peak lr 0.05", "peak lr 0.2")}
+TUNING_PLAN = {"bn": tuple(TUNING), "ln": ("recipe", "peak lr 0.05", "peak lr 0.2", "shortcuts"),
+               "gn": ("recipe", "peak lr 0.05", "peak lr 0.2", "shortcuts")}
+# A second seed (baseline and variant) for a change whose gain was consistent but within one seed's noise.
+TUNING_SECOND_SEED = ("recipe", "shortcuts")
 
 
 def tune_dir() -> Path:
@@ -802,8 +838,23 @@ def run_tuning(norm: str, names=None, seed: int = 0, data_dir: str | Path = "dat
         print(f"tuning {norm} {name!r}: validation {m['final_val_acc']:.2f} % in {m['seconds'] / 60:.1f} min", flush=True)
 
 
+def run_all_tuning(data_dir: str | Path = "data") -> None:
+    """`make tune`: every norm's TUNING_PLAN at seed 0, then TUNING_SECOND_SEED at seed 1."""
+    data = load_cifar10(data_dir)
+    for seed, plan in ((0, TUNING_PLAN), (1, dict.fromkeys(NORMS, TUNING_SECOND_SEED))):
+        for norm, names in plan.items():
+            run_tuning(norm, names, seed=seed, data=data)
+
+
 def load_tuning() -> list[dict]:
-    return _read_jsons(tune_dir())
+    """Every tuning run, each with `delta`: its validation accuracy minus that of the baseline run
+    ("recipe") of the same norm and seed (None where that baseline has not run yet)."""
+    runs = _read_jsons(tune_dir())
+    base = {(t["norm"], t["seed"]): t["final_val_acc"] for t in runs if t["tuning"] == "recipe"}
+    for t in runs:
+        b = base.get((t["norm"], t["seed"]))
+        t["delta"] = None if b is None else t["final_val_acc"] - b
+    return runs
 
 
 # =============================================================================================
@@ -837,13 +888,13 @@ def readme_results() -> str:
         lines += [f"{i}. {f}" for i, f in enumerate(json.loads(findings.read_text()), 1)] + [""]
     tuning = load_tuning()
     if tuning:
-        base = {t["norm"]: t["final_val_acc"] for t in tuning if t["tuning"] == "recipe"}
+        base = {t["norm"]: t["final_val_acc"] for t in tuning if t["tuning"] == "recipe" and t["seed"] == 0}
         lines += [f"**Recipe tuning** (`make tune`; one change at a time, trained on {tuning[0]['n_train']:,} training "
                   f"images, validation accuracy on the other {tuning[0]['n_test']:,}, never the test set; data: "
                   f"{tuning[0]['data'].split('; validation split')[0]}): "
-                  + "; ".join(f"{n.upper()} baseline {base[n]:.2f} %, variants "
-                              + ", ".join(f"{t['tuning']} {t['final_val_acc'] - base[n]:+.2f}"
-                                          for t in tuning if t["norm"] == n and t["tuning"] != "recipe")
+                  + "; ".join(f"{n.upper()} baseline {base[n]:.2f} % (seed 0), variants " + ", ".join(
+                      tuning_change(tuning, n, name) for name in dict.fromkeys(
+                          t["tuning"] for t in tuning if t["norm"] == n and t["tuning"] != "recipe"))
                               for n in NORMS if n in base) + " points. Details in the tuning appendix.", ""]
     sweep = load_sweep("batch")
     budget = (f"reduced budget: {sweep[0]['budget']['n_train']:,} images, {sweep[0]['budget']['epochs']} epochs"
@@ -866,6 +917,14 @@ def readme_results() -> str:
         lines += [f"| {p['norm'].upper()} | {p['lib_images_per_s']:.0f} | {p['seed_style_images_per_s']:.0f} | "
                   f"{p['ratio']:.2f} | {p['gflops']:.1f} | {100 * p['fraction_of_fp32_peak']:.0f} % |" for p in pipes]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def tuning_change(tuning: list[dict], norm: str, name: str) -> str:
+    """'name +0.42', or 'name +0.42 (mean of 2 seeds)': a variant's gain over its same-seed baselines."""
+    deltas = [t["delta"] for t in tuning if (t["norm"], t["tuning"]) == (norm, name) and t["delta"] is not None]
+    if not deltas:
+        return f"{name} (no baseline yet)"
+    return f"{name} {sum(deltas) / len(deltas):+.2f}" + (f" (mean of {len(deltas)} seeds)" if len(deltas) > 1 else "")
 
 
 def update_readme(path: Path = ROOT / "README.md") -> None:

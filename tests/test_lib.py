@@ -49,6 +49,25 @@ def test_receptive_field_table_matches_hand_computation():
     assert {k: rows[k]["rf"] for k in expected} == expected
     assert rows["C9"]["output"] == "8x8" and rows["P1"]["jump"] == 2 and rows["P2"]["jump"] == 4
 
+
+def test_shortcuts_add_each_block_input_and_nothing_else():
+    plain, short = lib.build_model("bn"), lib.build_model("bn", shortcuts=True)
+    short.load_state_dict(plain.state_dict(), strict=False)             # same layers, same weights
+    assert lib.count_params(short) == lib.count_params(plain)
+    assert [r["rf"] for r in lib.receptive_field_table(short)] == [r["rf"] for r in lib.receptive_field_table(plain)]
+    blocks = [m for m in short if isinstance(m, lib.Residual)]
+    assert len(blocks) == len(lib.SHORTCUTS) == 2
+    x = torch.randn(2, 24, 16, 16)
+    assert torch.equal(blocks[0].eval()(x), x + blocks[0][1](blocks[0][0](x)))
+    with pytest.raises(lib.NormbookError, match="needs one width"):
+        lib.build_model("bn", widths=dict(lib.WIDTHS, C5=32), shortcuts=True)
+
+
+def test_recorded_recipe_fills_keys_added_later():
+    old_run = dict(recipe={k: v for k, v in lib.RECIPE.items() if k not in lib.RECIPE_ADDED_LATER})
+    assert lib.recorded_recipe(old_run) == {**lib.RECIPE, **lib.RECIPE_ADDED_LATER}
+    assert lib.recorded_recipe(dict(recipe=dict(lib.RECIPE, shortcuts=True)))["shortcuts"] is True
+
 # ---------------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("kwargs, words", [
@@ -198,6 +217,15 @@ def test_save_and_load_round_trip(tiny_data, tmp_path):
     assert torch.allclose(loaded(x), model.eval()(x), atol=1e-5)
 
 
+def test_a_run_with_shortcuts_loads_back_with_them(tiny_data, tmp_path):
+    model, m = lib.train("gn", epochs=1, batch_size=50, data=tiny_data, precision="fp32", progress=False,
+                         recipe=dict(shortcuts=True))
+    assert m["recipe"]["shortcuts"] and any(isinstance(b, lib.Residual) for b in model)
+    loaded, _ = lib.load_run(lib.save_run(model, m, tmp_path / "run"))
+    x = lib.normalize(tiny_data.test_x[:8], torch.tensor(m["mean"]), torch.tensor(m["std"]))
+    assert torch.allclose(loaded(x), model.eval()(x), atol=1e-5)
+
+
 def test_a_failed_write_keeps_the_old_artifact(tiny_data, tmp_path, monkeypatch):
     model, m = lib.train("bn", epochs=1, batch_size=50, data=tiny_data, precision="fp32", progress=False)
     out = lib.save_run(model, m, tmp_path / "run")
@@ -275,6 +303,11 @@ def test_tuning_never_touches_the_test_set_applies_its_change_and_resumes(tiny_d
     stamp = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
     lib.run_tuning("bn", names=("recipe",), data=no_test_set, holdout=50, epochs=1)
     assert stamp == {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    lib.run_tuning("bn", names=("recipe", "shortcuts"), seed=1, data=no_test_set, holdout=50, epochs=1)
+    runs = {(r["tuning"], r["seed"]): r for r in lib.load_tuning()}
+    assert runs["shortcuts", 1]["recipe"]["shortcuts"] is True and runs["recipe", 1]["delta"] == 0
+    assert runs["shortcuts", 1]["delta"] == runs["shortcuts", 1]["final_val_acc"] - runs["recipe", 1]["final_val_acc"]
+    assert runs["batch 64", 0]["delta"] == runs["batch 64", 0]["final_val_acc"] - runs["recipe", 0]["final_val_acc"]
 
 
 def test_readme_results_come_from_the_run_artifacts(tmp_path):
@@ -287,9 +320,10 @@ def test_readme_results_come_from_the_run_artifacts(tmp_path):
         assert (f"| {lib.NORM_NAMES[norm]} | {m['params']:,} | {m['final_train_acc']:.2f} | "
                 f"{m['final_test_acc']:.2f} | {m['final_test_acc_tta']:.2f} |") in text
     tuning = lib.load_tuning()
-    base = {t["norm"]: t["final_val_acc"] for t in tuning if t["tuning"] == "recipe"}
-    for t in tuning:
-        if t["tuning"] != "recipe":
-            assert f"{t['tuning']} {t['final_val_acc'] - base[t['norm']]:+.2f}" in text
+    base = {(t["norm"], t["seed"]): t["final_val_acc"] for t in tuning if t["tuning"] == "recipe"}
+    for norm, name in {(t["norm"], t["tuning"]) for t in tuning if t["tuning"] != "recipe"}:
+        runs = [t for t in tuning if (t["norm"], t["tuning"]) == (norm, name)]     # one per seed
+        gains = [t["final_val_acc"] - base[norm, t["seed"]] for t in runs]
+        assert f"{name} {sum(gains) / len(gains):+.2f}" in text
     lib.update_readme(readme)
     assert readme.read_text() == text                        # idempotent
