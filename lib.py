@@ -301,7 +301,7 @@ class Net(nn.Sequential):
             for name in span[1:]:
                 del layers[name]
         super().__init__(*layers.values(), nn.Flatten())
-        self.norm, self.groups, self.shortcuts = norm, groups, shortcuts
+        self.norm, self.groups = norm, groups
 
     def flat(self) -> list[nn.Module]:
         """The layers of LAYERS in order (shortcut blocks opened up), then the final Flatten."""
@@ -656,11 +656,14 @@ def is_full_run(m: dict) -> bool:
 
 def summary_rows() -> list[dict]:
     """One row per norm: the seed-0 run's final accuracies, and mean/std of final test accuracy (and the
-    mean with flip TTA) over every full run of that norm (all seeds). The book's and the README's tables both come from here."""
+    mean with flip TTA) over every full run of that norm trained like seed 0 (same recipe, batch and
+    groups), so a half-finished change of recipe never mixes into the error bars. The book's and the
+    README's tables both come from here."""
     import statistics
     rows = []
     for norm, m in main_runs().items():
-        seeds = [r for r in load_metrics(f"{norm}-s*") if is_full_run(r) and r.get("groups") in (None, GN_GROUPS)]
+        seeds = [r for r in load_metrics(f"{norm}-s*") if is_full_run(r) and recorded_recipe(r) == recorded_recipe(m)
+                 and (r["batch_size"], r.get("groups")) == (m["batch_size"], m.get("groups"))]
         accs = [r["final_test_acc"] for r in seeds]
         rows.append({
             "norm": norm, "model": NORM_NAMES[norm], "params": m["params"],

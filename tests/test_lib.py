@@ -52,7 +52,6 @@ def test_receptive_field_table_matches_hand_computation():
 
 def test_shortcuts_add_each_block_input_and_nothing_else():
     plain, short = lib.build_model("bn"), lib.build_model("bn", shortcuts=True)
-    short.load_state_dict(plain.state_dict(), strict=False)             # same layers, same weights
     assert lib.count_params(short) == lib.count_params(plain)
     assert [r["rf"] for r in lib.receptive_field_table(short)] == [r["rf"] for r in lib.receptive_field_table(plain)]
     blocks = [m for m in short if isinstance(m, lib.Residual)]
@@ -308,6 +307,29 @@ def test_tuning_never_touches_the_test_set_applies_its_change_and_resumes(tiny_d
     assert runs["shortcuts", 1]["recipe"]["shortcuts"] is True and runs["recipe", 1]["delta"] == 0
     assert runs["shortcuts", 1]["delta"] == runs["shortcuts", 1]["final_val_acc"] - runs["recipe", 1]["final_val_acc"]
     assert runs["batch 64", 0]["delta"] == runs["batch 64", 0]["final_val_acc"] - runs["recipe", 0]["final_val_acc"]
+
+
+def test_tuning_deltas_are_against_the_baseline_of_the_same_seed(tmp_path, monkeypatch):
+    monkeypatch.setattr(lib, "tune_dir", lambda: tmp_path)
+    for name, seed, acc in [("recipe", 0, 50.0), ("recipe", 1, 60.0), ("shortcuts", 1, 65.0), ("shortcuts", 2, 70.0)]:
+        lib._atomic_write_json(dict(norm="bn", tuning=name, seed=seed, final_val_acc=acc), tmp_path / f"{name}-{seed}.json")
+    delta = {(t["tuning"], t["seed"]): t["delta"] for t in lib.load_tuning()}
+    assert delta == {("recipe", 0): 0.0, ("recipe", 1): 0.0, ("shortcuts", 1): 5.0, ("shortcuts", 2): None}
+    assert lib.tuning_change(lib.load_tuning(), "bn", "shortcuts") == "shortcuts +5.00"
+
+
+def test_error_bars_average_only_runs_trained_like_seed_0(tmp_path, monkeypatch):
+    monkeypatch.setattr(lib, "ROOT", tmp_path)
+    common = dict(norm="bn", params=1, final_train_acc=0.0, seconds=60.0, data="d", device="cpu", groups=None,
+                  n_train=50_000, n_test=10_000, epochs=lib.MAX_EPOCHS, batch_size=128)
+    runs = {"bn-s0": (80.0, {}), "bn-s1": (82.0, {}), "bn-s2": (90.0, dict(shortcuts=True)),   # another recipe
+            "bn-s3": (70.0, dict(batch_size=64))}
+    for run, (acc, change) in runs.items():
+        batch = change.pop("batch_size", 128)
+        m = dict(common, batch_size=batch, final_test_acc=acc, final_test_acc_tta=acc + 1, recipe=dict(lib.RECIPE, **change))
+        lib._atomic_write_json(m, tmp_path / "runs" / run / "metrics.json")
+    (row,) = lib.summary_rows()
+    assert (row["seeds"], row["test_mean"], row["tta_mean"]) == (2, 81.0, 82.0)
 
 
 def test_readme_results_come_from_the_run_artifacts(tmp_path):
