@@ -297,14 +297,15 @@ def test_tuning_never_touches_the_test_set_applies_its_change_and_resumes(tiny_d
     assert set(runs) == {"recipe", "batch 64", "no label smoothing"}
     assert runs["batch 64"]["batch_size"] == 64 and runs["recipe"]["batch_size"] == 128
     assert runs["no label smoothing"]["recipe"]["label_smoothing"] == 0.0
-    assert runs["recipe"]["recipe"] == lib.RECIPE
+    assert runs["recipe"]["recipe"] == {**lib.RECIPE, **lib.TUNING_BASELINE}     # the baseline as tuning began
     assert all(r["n_train"] == 150 and r["n_test"] == 50 and r["evaluated_on"] == "validation" for r in runs.values())
     stamp = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
     lib.run_tuning("bn", names=("recipe",), data=no_test_set, holdout=50, epochs=1)
     assert stamp == {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
     lib.run_tuning("bn", names=("recipe", "shortcuts"), seed=1, data=no_test_set, holdout=50, epochs=1)
     runs = {(r["tuning"], r["seed"]): r for r in lib.load_tuning()}
-    assert runs["shortcuts", 1]["recipe"]["shortcuts"] is True and runs["recipe", 1]["delta"] == 0
+    assert runs["shortcuts", 1]["recipe"]["shortcuts"] is True and runs["recipe", 1]["recipe"]["shortcuts"] is False
+    assert runs["recipe", 1]["delta"] == 0
     assert runs["shortcuts", 1]["delta"] == runs["shortcuts", 1]["final_val_acc"] - runs["recipe", 1]["final_val_acc"]
     assert runs["batch 64", 0]["delta"] == runs["batch 64", 0]["final_val_acc"] - runs["recipe", 0]["final_val_acc"]
 
@@ -322,7 +323,7 @@ def test_error_bars_average_only_runs_trained_like_seed_0(tmp_path, monkeypatch)
     monkeypatch.setattr(lib, "ROOT", tmp_path)
     common = dict(norm="bn", params=1, final_train_acc=0.0, seconds=60.0, data="d", device="cpu", groups=None,
                   n_train=50_000, n_test=10_000, epochs=lib.MAX_EPOCHS, batch_size=128)
-    runs = {"bn-s0": (80.0, {}), "bn-s1": (82.0, {}), "bn-s2": (90.0, dict(shortcuts=True)),   # another recipe
+    runs = {"bn-s0": (80.0, {}), "bn-s1": (82.0, {}), "bn-s2": (90.0, dict(shortcuts=False)),   # another recipe
             "bn-s3": (70.0, dict(batch_size=64))}
     for run, (acc, change) in runs.items():
         batch = change.pop("batch_size", 128)
