@@ -394,6 +394,81 @@ def make_optimizer(model: nn.Module, lr: float, recipe: dict) -> torch.optim.Opt
                            lr=lr, momentum=recipe["momentum"], nesterov=True, foreach=True)
 
 
+def forward_loss(model, x_uint8, y, mean, std, layout, autocast, label_smoothing):
+    """Normalize a uint8 batch, run the model under `autocast`, return (logits, loss)."""
+    with autocast:
+        logits = model(normalize(x_uint8, mean, std, layout))
+        return logits, F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+
+
+def sgd_nesterov_(opt: torch.optim.SGD, bufs: list[torch.Tensor], lr: torch.Tensor) -> None:
+    """One step of torch.optim.SGD(nesterov=True) over `opt`'s parameter groups, with the learning rate
+    in a device tensor so that a CUDA graph can replay the step under a changing schedule (SGD itself
+    reads the LR as a Python number, fixed at capture). `bufs` are the momentum buffers, zero at first."""
+    i = 0
+    for group in opt.param_groups:
+        params = group["params"]
+        grads, b = [p.grad for p in params], bufs[i:i + len(params)]
+        i += len(params)
+        if group["weight_decay"]:
+            grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+        torch._foreach_mul_(b, group["momentum"])
+        torch._foreach_add_(b, grads)
+        update = torch._foreach_add(grads, b, alpha=group["momentum"])
+        torch._foreach_mul_(update, lr)
+        torch._foreach_sub_(params, update)
+
+
+class CudaGraphStep:
+    """The whole training step (normalize, forward, loss, backward, update, the epoch's running sums),
+    captured once as a CUDA graph and replayed for every full batch. The network is so small that on a
+    GPU the few hundred kernel launches a step makes from Python, not the arithmetic, set the pace; a
+    replay issues them all at once. A last, smaller batch of an epoch runs the same step eagerly."""
+
+    def __init__(self, model, opt, sample_x, sample_y, sums, loss_args):
+        self.model, self.opt, self.sums, self.loss_args = model, opt, sums, loss_args
+        self.params = [p for g in opt.param_groups for p in g["params"]]
+        self.bufs = [torch.zeros_like(p) for p in self.params]
+        self.lr = torch.zeros((), device=sample_x.device)
+        self.x, self.y = sample_x.clone(), sample_y.clone()       # static inputs, refilled each step
+        # Warm up on a side stream (cuDNN chooses its kernels, autograd builds its state) at LR 0, then
+        # put back what the warm-up changed (BN running averages, momentum, sums): the run is the same.
+        saved = copy.deepcopy(model.state_dict())
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self._step(self.x, self.y)
+        torch.cuda.current_stream().wait_stream(side)
+        model.load_state_dict(saved)
+        for t in self.bufs + list(sums):
+            t.zero_()
+        self.graph = torch.cuda.CUDAGraph()
+        for p in self.params:
+            p.grad = None
+        with torch.cuda.graph(self.graph):
+            self._step(self.x, self.y)
+
+    def _step(self, x, y):
+        for p in self.params:
+            p.grad = None
+        logits, loss = forward_loss(self.model, x, y, *self.loss_args)
+        loss.backward()
+        with torch.no_grad():
+            sgd_nesterov_(self.opt, self.bufs, self.lr)
+            self.sums[0].add_(loss.detach() * len(y))
+            self.sums[1].add_((logits.argmax(1) == y).sum())
+
+    def __call__(self, x, y, lr: float) -> None:
+        self.lr.fill_(lr)
+        if len(y) == len(self.y):
+            self.x.copy_(x)
+            self.y.copy_(y)
+            self.graph.replay()
+        else:
+            self._step(x, y)
+
+
 class TrainingDiverged(RuntimeError):
     pass
 
@@ -401,10 +476,11 @@ class TrainingDiverged(RuntimeError):
 def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = 128, seed: int = 0,
           data: Cifar10 | None = None, data_dir: str | Path = "data", subset: int = 0,
           groups: int | str | None = None, recipe: dict | None = None, precision: str = "auto",
-          device: str | torch.device | None = None, progress: bool = True):
+          device: str | torch.device | None = None, progress: bool = True, cuda_graphs: bool | None = None):
     """Train one model; return (model, metrics). Nothing is written here (see save_run).
 
     precision: "fp32", "bf16" (autocast) or "auto" (bf16 where the hardware has it).
+    cuda_graphs: replay each step as a CUDA graph (CudaGraphStep); default: on a CUDA device.
     """
     check_params(norm, epochs, batch_size, groups)
     recipe = {**RECIPE, **(recipe or {})}
@@ -413,6 +489,9 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = 128, see
         precision = "bf16" if bf16_supported(device) else "fp32"
     if precision not in ("fp32", "bf16"):
         raise NormbookError(f"precision={precision!r}: choose fp32, bf16 or auto")
+    cuda_graphs = device.type == "cuda" if cuda_graphs is None else cuda_graphs
+    if cuda_graphs and device.type != "cuda":
+        raise NormbookError(f"cuda_graphs=True needs a CUDA device; got {device}")
     data = data or load_cifar10(data_dir, full=subset == 0)
     data = data.subset(subset)
 
@@ -430,7 +509,13 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = 128, see
     total = epochs * steps_per_epoch
     peak = recipe["peak_lr"] * batch_size / recipe["lr_batch"]
     opt = make_optimizer(model, peak, recipe)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    # Autocast's weight-cast cache does not survive graph replays; without it, every step casts afresh.
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16",
+                              cache_enabled=not cuda_graphs)
+    loss_args = (mean_t, std_t, layout, autocast, recipe["label_smoothing"])
+    sums = (torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.int64))  # loss, correct
+    graph_step = (CudaGraphStep(model, opt, train_x[:batch_size], train_y[:batch_size], sums, loss_args)
+                  if cuda_graphs else None)
 
     history, step, start, train_seconds = [], 0, time.perf_counter(), 0.0
     bar = _progress(total=total, disable=not progress, desc=f"{norm} seed {seed}", unit="step", mininterval=2)
@@ -441,22 +526,24 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = 128, see
         # Augment the whole epoch at once on uint8, then slice batches: cheap and vectorized.
         epoch_x = augment(train_x[order], gen, flip=recipe["flip"], translate=recipe["translate"])
         epoch_y = train_y[order]
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
+        loss_sum, correct = sums
+        loss_sum.zero_()
+        correct.zero_()
         for i in range(0, n, batch_size):
-            x = normalize(epoch_x[i:i + batch_size], mean_t, std_t, layout)
-            y = epoch_y[i:i + batch_size]
-            for g in opt.param_groups:
-                g["lr"] = one_cycle(step, total, peak, recipe["warmup"])
-            with autocast:
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe["label_smoothing"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            # Accumulate on the device; one host sync per epoch, not per step.
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
+            x, y = epoch_x[i:i + batch_size], epoch_y[i:i + batch_size]
+            lr = one_cycle(step, total, peak, recipe["warmup"])
+            if graph_step:
+                graph_step(x, y, lr)
+            else:
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                logits, loss = forward_loss(model, x, y, *loss_args)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                # Accumulate on the device; one host sync per epoch, not per step.
+                loss_sum += loss.detach() * len(y)
+                correct += (logits.argmax(1) == y).sum()
             step += 1
             bar.update(1)
         train_loss, train_acc = loss_sum.item() / n, 100.0 * correct.item() / n
@@ -487,6 +574,7 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = 128, see
         tta=False, tta_note="final_test_acc is plain (no TTA); final_test_acc_tta averages with a flipped copy",
         data=data.source, n_train=n, n_test=len(test_y), mean=mean, std=std,
         recipe=recipe, peak_lr=peak, precision=precision, memory_format=str(layout).split(".")[-1],
+        cuda_graphs=cuda_graphs,
         device=_device_name(device), torch=torch.__version__, threads=torch.get_num_threads(),
         seconds=seconds, images_per_s=n * epochs / seconds,
         train_seconds=train_seconds, train_images_per_s=n * epochs / train_seconds,

@@ -75,6 +75,7 @@ def test_recorded_recipe_fills_keys_added_later():
     (dict(epochs=21), ["epochs=21", "1 to 20"]),
     (dict(batch_size=0), ["batch_size=0", ">= 1"]),
     (dict(norm="bn", groups=4), ["groups=4", "gn"]),
+    (dict(cuda_graphs=True, device="cpu"), ["cuda_graphs=True", "CUDA"]),
 ])
 def test_bad_parameters_are_refused_by_name(kwargs, words, tiny_data, tmp_path):
     args = dict(norm="bn", epochs=1, batch_size=32, data=tiny_data, progress=False) | kwargs
@@ -82,6 +83,30 @@ def test_bad_parameters_are_refused_by_name(kwargs, words, tiny_data, tmp_path):
         lib.train(**args)
     assert all(w in str(e.value) for w in words), str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_graph_step_update_is_torch_sgd_nesterov():
+    """CudaGraphStep's written-out update (LR in a tensor) must be the step torch.optim.SGD takes."""
+    torch.manual_seed(0)
+    models = [lib.build_model("gn") for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    recipe = dict(lib.RECIPE, weight_decay=0.01)              # large, so a decay mistake would show
+    opts = [lib.make_optimizer(m, 0.0, recipe) for m in models]
+    bufs = [torch.zeros_like(p) for g in opts[1].param_groups for p in g["params"]]
+    before = [p.detach().clone() for p in models[0].parameters()]
+    for lr in (0.05, 0.2, 0.1):                               # a changing LR, as under one-cycle
+        x = torch.randn(4, 3, 32, 32)
+        for m in models:
+            m.zero_grad(set_to_none=True)
+            m(x).square().mean().backward()
+        for g in opts[0].param_groups:
+            g["lr"] = lr
+        opts[0].step()
+        with torch.no_grad():
+            lib.sgd_nesterov_(opts[1], bufs, torch.tensor(lr))
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert all((a != b).any() for a, b in zip(models[0].parameters(), before))     # every tensor moved
 
 
 def test_model_over_budget_is_refused():
