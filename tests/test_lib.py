@@ -373,5 +373,8 @@ def test_readme_results_come_from_the_run_artifacts(tmp_path):
         runs = [t for t in tuning if (t["norm"], t["tuning"]) == (norm, name)]     # one per seed
         gains = [t["final_val_acc"] - base[norm, t["seed"]] for t in runs]
         assert f"{name} {sum(gains) / len(gains):+.2f}" in text
+    gpu = json.loads((lib.ROOT / "bench" / "gpu_runs.json").read_text())["modes"]
+    assert f"{gpu['cuda graphs']['total_wall_seconds']:.1f} s with each step replayed as a CUDA graph" in text
+    assert f"{gpu['eager']['total_wall_seconds']:.1f} s eager" in text
     lib.update_readme(readme)
     assert readme.read_text() == text                        # idempotent
