@@ -422,8 +422,8 @@ def sgd_nesterov_(opt: torch.optim.SGD, bufs: list[torch.Tensor], lr: torch.Tens
 class CudaGraphStep:
     """The whole training step (normalize, forward, loss, backward, update, the epoch's running sums),
     captured once as a CUDA graph and replayed for every full batch. The network is so small that on a
-    GPU the few hundred kernel launches a step makes from Python, not the arithmetic, set the pace; a
-    replay issues them all at once. A last, smaller batch of an epoch runs the same step eagerly."""
+    GPU launching a step's many small kernels one by one from Python, not the arithmetic, sets the pace
+    (bench/gpu_runs.py); a replay issues them all at once. A last, smaller batch runs the step eagerly."""
 
     def __init__(self, model, opt, sample_x, sample_y, sums, loss_args):
         self.model, self.opt, self.sums, self.loss_args = model, opt, sums, loss_args
@@ -444,8 +444,6 @@ class CudaGraphStep:
         for t in self.bufs + list(sums):
             t.zero_()
         self.graph = torch.cuda.CUDAGraph()
-        for p in self.params:
-            p.grad = None
         with torch.cuda.graph(self.graph):
             self._step(self.x, self.y)
 
@@ -989,7 +987,9 @@ def readme_results() -> str:
         base = {t["norm"]: t["final_val_acc"] for t in tuning if t["tuning"] == "recipe" and t["seed"] == 0}
         lines += [f"**Recipe tuning** (`make tune`; one change at a time, trained on {tuning[0]['n_train']:,} training "
                   f"images, validation accuracy on the other {tuning[0]['n_test']:,}, never the test set; data: "
-                  f"{tuning[0]['data'].split('; validation split')[0]}): "
+                  f"{tuning[0]['data'].split('; validation split')[0]}; baseline: the recipe as tuning began"
+                  + "".join(f", {k}={v} where lib.RECIPE now has {RECIPE[k]}" for k, v in TUNING_BASELINE.items()
+                            if RECIPE.get(k) != v) + "): "
                   + "; ".join(f"{n.upper()} baseline {base[n]:.2f} % (seed 0), variants " + ", ".join(
                       tuning_change(tuning, n, name) for name in dict.fromkeys(
                           t["tuning"] for t in tuning if t["norm"] == n and t["tuning"] != "recipe"))

@@ -373,6 +373,8 @@ def test_readme_results_come_from_the_run_artifacts(tmp_path):
         runs = [t for t in tuning if (t["norm"], t["tuning"]) == (norm, name)]     # one per seed
         gains = [t["final_val_acc"] - base[norm, t["seed"]] for t in runs]
         assert f"{name} {sum(gains) / len(gains):+.2f}" in text
+    for key, value in lib.TUNING_BASELINE.items():           # the baseline says what today's recipe changed
+        assert (f"{key}={value} where lib.RECIPE now has" in text) == (lib.RECIPE[key] != value)
     gpu = json.loads((lib.ROOT / "bench" / "gpu_runs.json").read_text())["modes"]
     assert f"{gpu['cuda graphs']['total_wall_seconds']:.1f} s with each step replayed as a CUDA graph" in text
     assert f"{gpu['eager']['total_wall_seconds']:.1f} s eager" in text
