@@ -7,7 +7,7 @@ DATA    ?= data
 CIFAR_TARBALL ?= ../shared/data/cifar10-jpeg.tar.gz
 PAPERMILL = $(PY) -m papermill --log-output --no-progress-bar
 
-.PHONY: report setup data runs seeds sweeps tune analysis book readme test browser bench clean
+.PHONY: report setup data runs seeds sweeps tune tune-gpu analysis book readme test browser bench clean
 
 ## The whole report from nothing: install, data, three training runs, analysis, README, site.
 report: setup data runs analysis readme book
@@ -36,6 +36,10 @@ sweeps:
 ## Recipe variants on the validation split (resumable), for the tuning appendix.
 tune:
 	$(PY) -c 'import lib; lib.run_all_tuning(data_dir="$(DATA)")'
+
+## The second tuning round (the activation), on a CUDA GPU: runs/tune-gpu/.
+tune-gpu:
+	$(PY) -c 'import lib; lib.run_gpu_tuning(data_dir="$(DATA)")'
 
 ## Extra seeds for error bars; their executed notebooks stay beside their artifacts.
 seeds:

@@ -44,11 +44,12 @@ RECIPE = dict(
     translate=2,            # random translation in pixels (reflect padding), after the flip
     flip=True,
     shortcuts=True,         # identity shortcuts around C4-C5 and C8-C9 (no parameters); see the tuning appendix
+    activation="silu",      # after every 3x3 conv's norm, one of ACTIVATIONS; see the tuning appendix
 )
 
 
 # Keys added to RECIPE after some committed runs were made, with the value those runs used.
-RECIPE_ADDED_LATER = dict(shortcuts=False)
+RECIPE_ADDED_LATER = dict(shortcuts=False, activation="relu")
 
 
 def recorded_recipe(metrics: dict) -> dict:
@@ -239,6 +240,9 @@ LAYERS = ("C1", "C2", "c3", "P1", "C3", "C4", "C5", "c6", "P2", "C7", "C8", "C9"
 # Optional identity shortcuts (x + C5(C4(x)), x + C9(C8(x))): they add no parameters and no layers,
 # only a sum where the width stays the same ("add one layer to another").
 SHORTCUTS = (("C4", "C5"), ("C8", "C9"))
+# The activation after each 3x3 conv's norm (RECIPE["activation"]); ReLU can overwrite its input.
+ACTIVATIONS = {"relu": lambda: nn.ReLU(inplace=True), "silu": nn.SiLU, "hardswish": nn.Hardswish}
+ACTIVATION_NAMES = {"relu": "ReLU", "silu": "SiLU", "hardswish": "hard-swish"}
 
 
 def group_count(groups: int | str, channels: int) -> int:
@@ -274,13 +278,16 @@ class Residual(nn.Sequential):
 
 
 class Net(nn.Sequential):
-    def __init__(self, norm: str, groups: int = GN_GROUPS, widths: dict = WIDTHS, shortcuts: bool = False):
+    def __init__(self, norm: str, groups: int = GN_GROUPS, widths: dict = WIDTHS, shortcuts: bool = False,
+                 activation: str = "relu"):
+        if activation not in ACTIVATIONS:
+            raise NormbookError(f"unknown activation {activation!r}: choose one of {', '.join(ACTIVATIONS)}")
         layers, c_in = {}, 3
         for name in LAYERS:
-            if name.startswith("C"):                                   # 3x3 conv, norm, ReLU
+            if name.startswith("C"):                                   # 3x3 conv, norm, activation
                 c_out = widths[name]
                 layers[name] = nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-                                             make_norm(norm, c_out, groups), nn.ReLU(inplace=True))
+                                             make_norm(norm, c_out, groups), ACTIVATIONS[activation]())
                 c_in = c_out
             elif name in ("c3", "c6"):                                 # 1x1 transition
                 c_out = widths[name]
@@ -333,11 +340,11 @@ def count_params(model: nn.Module) -> int:
 
 
 def build_model(norm: str, groups: int = GN_GROUPS, widths: dict = WIDTHS,
-                shortcuts: bool = RECIPE["shortcuts"]) -> Net:
+                shortcuts: bool = RECIPE["shortcuts"], activation: str = RECIPE["activation"]) -> Net:
     """The mission's network with `norm` in bn | gn | ln; refuses anything at or over 50,000 params."""
     if norm not in NORMS:
         raise NormbookError(f"unknown norm {norm!r}: choose one of {', '.join(NORMS)}")
-    model = Net(norm, groups, widths, shortcuts)
+    model = Net(norm, groups, widths, shortcuts, activation)
     n = count_params(model)
     if n >= MAX_PARAMS:
         raise NormbookError(f"the {norm} model has {n:,} parameters; the budget is fewer than {MAX_PARAMS:,}")
@@ -496,7 +503,8 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = 128, see
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
     layout = fast_memory_format(norm, device)
-    model = build_model(norm, groups or GN_GROUPS, shortcuts=recipe["shortcuts"]).to(device).to(memory_format=layout)
+    model = build_model(norm, groups or GN_GROUPS, shortcuts=recipe["shortcuts"], activation=recipe["activation"])
+    model = model.to(device).to(memory_format=layout)
     mean, std = data.mean_std()
     mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
@@ -649,8 +657,9 @@ def load_run(out_dir: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild a saved model from its metrics and weights: (model in eval mode, metrics)."""
     out = run_dir(out_dir)
     metrics = json.loads((out / "metrics.json").read_text())
+    recipe = recorded_recipe(metrics)
     model = build_model(metrics["norm"], metrics.get("groups") or GN_GROUPS,
-                        shortcuts=recorded_recipe(metrics)["shortcuts"])
+                        shortcuts=recipe["shortcuts"], activation=recipe["activation"])
     model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
     return model.eval(), metrics
 
@@ -897,36 +906,52 @@ TUNING = {                                       # name -> changes to RECIPE (ba
     "weight decay 1e-4": dict(weight_decay=1e-4),
     "weight decay 1e-3": dict(weight_decay=1e-3),
     "shortcuts": dict(shortcuts=True),
+    "silu": dict(activation="silu"),
 }
-# Every variant is one change to this baseline: RECIPE as it stood when tuning began (shortcuts were
-# adopted from it), so `make tune` reproduces the committed runs.
-TUNING_BASELINE = dict(shortcuts=False)
-# Every variant on BN; the peak LR, the setting GN and LN are most often
-# said to want differently, also on those two.
-TUNING_PLAN = {"bn": tuple(TUNING), "ln": ("recipe", "peak lr 0.05", "peak lr 0.2", "shortcuts"),
-               "gn": ("recipe", "peak lr 0.05", "peak lr 0.2", "shortcuts")}
+# Every variant is one change to this baseline: RECIPE as it stood when tuning began (shortcuts and
+# SiLU were adopted from it), so `make tune` reproduces the committed runs.
+TUNING_BASELINE = dict(shortcuts=False, activation="relu")
+# Every variant on BN; on GN and LN, the peak LR (the setting they are most often said to want
+# differently) and the two changes adopted.
+TUNING_PLAN = {"bn": tuple(TUNING), "ln": ("recipe", "peak lr 0.05", "peak lr 0.2", "shortcuts", "silu"),
+               "gn": ("recipe", "peak lr 0.05", "peak lr 0.2", "shortcuts", "silu")}
 # More seeds (baseline and variant) for a change whose gain was consistent but within one seed's noise.
 REPEATED_TUNING = dict(names=("recipe", "shortcuts"), seeds=(1, 2))
 
+# A second round on a GPU (`make tune-gpu`), where a run takes seconds: every variant on every norm,
+# three seeds each, against RECIPE as it stood when the round began (GPU_TUNING_BASELINE pins it).
+# Results go to runs/tune-gpu/.
+GPU_TUNING = {
+    "recipe": {},
+    "silu": dict(activation="silu"),
+    "hardswish": dict(activation="hardswish"),
+}
+GPU_TUNING_BASELINE = dict(shortcuts=True, activation="relu")
+GPU_TUNING_SEEDS = (0, 1, 2)
 
-def tune_dir() -> Path:
-    return ROOT / "runs" / "tune"
+
+def tune_dir(gpu: bool = False) -> Path:
+    return ROOT / "runs" / ("tune-gpu" if gpu else "tune")
 
 
 def run_tuning(norm: str, names=None, seed: int = 0, data_dir: str | Path = "data",
-               data: Cifar10 | None = None, holdout: int = VALIDATION_IMAGES, epochs: int = MAX_EPOCHS) -> None:
-    """Train each named TUNING variant of `norm` (default: its TUNING_PLAN) on the validation split;
-    resumable like run_sweep."""
+               data: Cifar10 | None = None, holdout: int = VALIDATION_IMAGES, epochs: int = MAX_EPOCHS,
+               variants: dict = TUNING, baseline: dict = TUNING_BASELINE, folder: Path | None = None,
+               device: str | None = None) -> None:
+    """Train each named variant of `norm` (default: its TUNING_PLAN) on the validation split, as one
+    change to `baseline`; write folder/<norm>-<name>-s<seed>.json (default folder: tune_dir()).
+    Resumable like run_sweep."""
     data = (data or load_cifar10(data_dir)).holdout(holdout)
+    folder = Path(folder or tune_dir())
     for name in names or TUNING_PLAN[norm]:
-        path = tune_dir() / f"{norm}-{name.replace(' ', '_')}-s{seed}.json"
+        path = folder / f"{norm}-{name.replace(' ', '_')}-s{seed}.json"
         if path.exists():
             continue
-        change = dict(TUNING[name])
+        change = dict(variants[name])
         batch_size = change.pop("batch_size", 128)
         _, m = train(norm, epochs=epochs, batch_size=batch_size, seed=seed, data=data,
-                     recipe={**TUNING_BASELINE, **change}, progress=False)
-        m.update(tuning=name, change=TUNING[name], evaluated_on="validation",
+                     recipe={**baseline, **change}, device=device, progress=False)
+        m.update(tuning=name, change=variants[name], tuning_baseline=baseline, evaluated_on="validation",
                  final_val_acc=m["final_test_acc"], final_val_acc_tta=m["final_test_acc_tta"])
         _atomic_write_json(m, path)
         print(f"tuning {norm} {name!r}: validation {m['final_val_acc']:.2f} % in {m['seconds'] / 60:.1f} min", flush=True)
@@ -942,10 +967,23 @@ def run_all_tuning(data_dir: str | Path = "data") -> None:
             run_tuning(norm, REPEATED_TUNING["names"], seed=seed, data=data)
 
 
-def load_tuning() -> list[dict]:
-    """Every tuning run, each with `delta`: its validation accuracy minus that of the baseline run
-    ("recipe") of the same norm and seed (None where that baseline has not run yet)."""
-    runs = _read_jsons(tune_dir())
+def run_gpu_tuning(data_dir: str | Path = "data", folder: Path | None = None) -> None:
+    """`make tune-gpu`: every GPU_TUNING variant of every norm at GPU_TUNING_SEEDS, one seed at a time
+    (a round cut short still compares variants on equal seeds). Needs a CUDA GPU."""
+    if not torch.cuda.is_available():
+        raise NormbookError("make tune-gpu needs a CUDA GPU; none is visible to PyTorch")
+    data = load_cifar10(data_dir)
+    for seed in GPU_TUNING_SEEDS:
+        for norm in NORMS:
+            run_tuning(norm, tuple(GPU_TUNING), seed=seed, data=data, variants=GPU_TUNING,
+                       baseline=GPU_TUNING_BASELINE, folder=folder or tune_dir(gpu=True), device="cuda")
+
+
+def load_tuning(gpu: bool = False) -> list[dict]:
+    """Every tuning run of a round (the CPU round, or with gpu=True the GPU round), each with `delta`:
+    its validation accuracy minus that of the baseline run ("recipe") of the same norm and seed (None
+    where that baseline has not run yet)."""
+    runs = _read_jsons(tune_dir(gpu))
     base = {(t["norm"], t["seed"]): t["final_val_acc"] for t in runs if t["tuning"] == "recipe"}
     for t in runs:
         b = base.get((t["norm"], t["seed"]))
@@ -994,6 +1032,13 @@ def readme_results() -> str:
                       tuning_change(tuning, n, name) for name in dict.fromkeys(
                           t["tuning"] for t in tuning if t["norm"] == n and t["tuning"] != "recipe"))
                               for n in NORMS if n in base) + " points. Details in the tuning appendix.", ""]
+    gpu_tuning = load_tuning(gpu=True)
+    if gpu_tuning:
+        lines += [f"**Second tuning round, on a GPU** (`make tune-gpu`; {gpu_tuning[0]['device']}; the same split; "
+                  "baseline: the recipe as the round began, " + ", ".join(f"{k}={v}" for k, v in GPU_TUNING_BASELINE.items())
+                  + "): " + "; ".join(f"{n.upper()} " + ", ".join(tuning_change(gpu_tuning, n, name) for name in GPU_TUNING
+                                                                if name != "recipe")
+                                      for n in NORMS if any(t["norm"] == n for t in gpu_tuning)) + " points.", ""]
     sweep = load_sweep("batch")
     budget = (f"reduced budget: {sweep[0]['budget']['n_train']:,} images, {sweep[0]['budget']['epochs']} epochs"
               if sweep else "reduced budget")
@@ -1023,8 +1068,30 @@ def readme_results() -> str:
                      f"{g['modes']['eager']['total_wall_seconds']:.1f} s eager; final test accuracies "
                      f"({g['modes']['cuda graphs']['runs'][0]['data']}) "
                      + ", ".join(f"{r['norm'].upper()} {r['final_test_acc']:.2f} %" for r in g["modes"]["cuda graphs"]["runs"])
-                     + " (one seed each; see the performance appendix).")
+                     + " (one seed each; see the performance appendix). " + gpu_recipe_note(g))
     return "\n".join(lines).rstrip() + "\n"
+
+
+def gpu_recipe_note(gpu: dict) -> str:
+    """For bench/gpu_runs.json: how its recipe differs from today's lib.RECIPE, and what that difference
+    costs in time on the GPU where the GPU tuning round measured it ("" when the recipes agree)."""
+    recorded = recorded_recipe(gpu["modes"]["cuda graphs"]["runs"][0])
+    changed = {k: v for k, v in recorded.items() if RECIPE.get(k) != v}
+    if not changed:
+        return ""
+    note = ("These runs used the recipe as it stood then: " +
+            ", ".join(f"`{k}` = {v} where `lib.RECIPE` now has {RECIPE[k]}" for k, v in changed.items()) + ". ")
+    if set(changed) == {"activation"}:
+        runs = [t for t in load_tuning(gpu=True) if t["device"] == gpu["device"]]
+        secs = {a: [t["seconds"] for t in runs if recorded_recipe(t)["activation"] == a]
+                for a in (changed["activation"], RECIPE["activation"])}
+        if all(secs.values()):
+            old, new = (sum(s) / len(s) for s in secs.values())
+            note += (f"In the GPU tuning round, on the same GPU, a run with {RECIPE['activation']} took "
+                     f"{abs(new / old - 1):.1%} {'longer' if new > old else 'less time'} than one with "
+                     f"{changed['activation']} (means of {len(secs[RECIPE['activation']])} and "
+                     f"{len(secs[changed['activation']])} runs). ")
+    return note
 
 
 def tuning_change(tuning: list[dict], norm: str, name: str) -> str:

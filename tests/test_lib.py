@@ -62,6 +62,20 @@ def test_shortcuts_add_each_block_input_and_nothing_else():
         lib.build_model("bn", widths=dict(lib.WIDTHS, C5=32), shortcuts=True)
 
 
+def test_the_activation_is_one_switch_that_adds_no_parameters(tiny_data, tmp_path):
+    relu, silu = lib.build_model("gn", activation="relu"), lib.build_model("gn", activation="silu")
+    n_convs = sum(name.startswith("C") for name in lib.LAYERS)                # the eight 3x3 convolutions
+    assert lib.count_params(silu) == lib.count_params(relu)
+    acts = lambda model: [type(m) for m in model.modules() if isinstance(m, (nn.ReLU, nn.SiLU, nn.Hardswish))]
+    assert acts(relu) == [nn.ReLU] * n_convs and acts(silu) == [nn.SiLU] * n_convs     # one after each 3x3 conv's norm
+    with pytest.raises(lib.NormbookError, match="unknown activation 'tanh': choose one of relu, silu, hardswish"):
+        lib.build_model("bn", activation="tanh")
+    model, m = lib.train("bn", epochs=1, batch_size=50, data=tiny_data, precision="fp32", progress=False,
+                         recipe=dict(activation="hardswish"))
+    loaded, _ = lib.load_run(lib.save_run(model, m, tmp_path / "run"))
+    assert acts(loaded) == [nn.Hardswish] * n_convs
+
+
 def test_recorded_recipe_fills_keys_added_later():
     old_run = dict(recipe={k: v for k, v in lib.RECIPE.items() if k not in lib.RECIPE_ADDED_LATER})
     assert lib.recorded_recipe(old_run) == {**lib.RECIPE, **lib.RECIPE_ADDED_LATER}
@@ -315,7 +329,7 @@ def test_sweep_writes_one_artifact_per_point_and_resumes(tiny_data, tmp_path, mo
 
 
 def test_tuning_never_touches_the_test_set_applies_its_change_and_resumes(tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(lib, "tune_dir", lambda: tmp_path)
+    monkeypatch.setattr(lib, "tune_dir", lambda gpu=False: tmp_path)
     no_test_set = lib.Cifar10(tiny_data.train_x, tiny_data.train_y, None, None, "train only")  # any use would fail
     lib.run_tuning("bn", names=("recipe", "batch 64", "no label smoothing"), data=no_test_set, holdout=50, epochs=1)
     runs = {r["tuning"]: r for r in lib.load_tuning()}
@@ -335,8 +349,24 @@ def test_tuning_never_touches_the_test_set_applies_its_change_and_resumes(tiny_d
     assert runs["batch 64", 0]["delta"] == runs["batch 64", 0]["final_val_acc"] - runs["recipe", 0]["final_val_acc"]
 
 
+def test_the_gpu_round_runs_its_variants_against_its_own_baseline(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(lib, "tune_dir", lambda gpu=False: tmp_path / ("gpu" if gpu else "cpu"))
+    no_test_set = lib.Cifar10(tiny_data.train_x, tiny_data.train_y, None, None, "train only")
+    lib.run_tuning("ln", names=("recipe", "silu"), data=no_test_set, holdout=50, epochs=1, variants=lib.GPU_TUNING,
+                   baseline=lib.GPU_TUNING_BASELINE, folder=lib.tune_dir(gpu=True), device="cpu")
+    assert lib.load_tuning() == []                                    # the CPU round is untouched
+    runs = {r["tuning"]: r for r in lib.load_tuning(gpu=True)}
+    assert runs["recipe"]["recipe"] == {**lib.RECIPE, **lib.GPU_TUNING_BASELINE}
+    assert runs["silu"]["recipe"] == {**lib.RECIPE, **lib.GPU_TUNING_BASELINE, "activation": "silu"}
+    assert runs["silu"]["tuning_baseline"] == lib.GPU_TUNING_BASELINE
+    assert runs["silu"]["delta"] == runs["silu"]["final_val_acc"] - runs["recipe"]["final_val_acc"]
+    if not torch.cuda.is_available():
+        with pytest.raises(lib.NormbookError, match="needs a CUDA GPU"):
+            lib.run_gpu_tuning(data_dir=tmp_path)
+
+
 def test_tuning_deltas_are_against_the_baseline_of_the_same_seed(tmp_path, monkeypatch):
-    monkeypatch.setattr(lib, "tune_dir", lambda: tmp_path)
+    monkeypatch.setattr(lib, "tune_dir", lambda gpu=False: tmp_path)
     for name, seed, acc in [("recipe", 0, 50.0), ("recipe", 1, 60.0), ("shortcuts", 1, 65.0), ("shortcuts", 2, 70.0)]:
         lib._atomic_write_json(dict(norm="bn", tuning=name, seed=seed, final_val_acc=acc), tmp_path / f"{name}-{seed}.json")
     delta = {(t["tuning"], t["seed"]): t["delta"] for t in lib.load_tuning()}
