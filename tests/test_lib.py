@@ -388,6 +388,20 @@ def test_error_bars_average_only_runs_trained_like_seed_0(tmp_path, monkeypatch)
     assert (row["seeds"], row["test_mean"], row["tta_mean"]) == (2, 81.0, 82.0)
 
 
+def test_gpu_runs_say_how_their_recipe_differs_from_today(monkeypatch):
+    run = dict(recipe=dict(lib.RECIPE))
+    gpu = dict(device="GPU X", modes={"cuda graphs": dict(runs=[run])})
+    assert lib.gpu_recipe_note(gpu) == ""
+    run["recipe"]["activation"] = "hardswish"
+    monkeypatch.setattr(lib, "load_tuning", lambda gpu=False: [
+        dict(device="GPU X", seconds=s, recipe=dict(lib.RECIPE, activation=a))
+        for a, s in (("hardswish", 10.0), ("hardswish", 12.0), (lib.RECIPE["activation"], 16.5))])
+    assert lib.gpu_recipe_note(gpu) == (
+        f"These runs used the recipe as it stood then: `activation` = hardswish where `lib.RECIPE` now has "
+        f"{lib.RECIPE['activation']}. In the GPU tuning round, on the same GPU, a run with {lib.RECIPE['activation']} "
+        "took 50.0% longer than one with hardswish (means of 1 and 2 runs). ")
+
+
 def test_readme_results_come_from_the_run_artifacts(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n{lib.README_START}\nstale numbers\n{lib.README_END}\nfooter\n")
@@ -405,8 +419,15 @@ def test_readme_results_come_from_the_run_artifacts(tmp_path):
         assert f"{name} {sum(gains) / len(gains):+.2f}" in text
     for key, value in lib.TUNING_BASELINE.items():           # the baseline says what today's recipe changed
         assert (f"{key}={value} where lib.RECIPE now has" in text) == (lib.RECIPE[key] != value)
-    gpu = json.loads((lib.ROOT / "bench" / "gpu_runs.json").read_text())["modes"]
+    gpu_json = json.loads((lib.ROOT / "bench" / "gpu_runs.json").read_text())
+    gpu = gpu_json["modes"]
     assert f"{gpu['cuda graphs']['total_wall_seconds']:.1f} s with each step replayed as a CUDA graph" in text
     assert f"{gpu['eager']['total_wall_seconds']:.1f} s eager" in text
+    assert lib.gpu_recipe_note(gpu_json).strip() in text         # says which recipe the GPU runs had
+    gpu_tuning = lib.load_tuning(gpu=True)
+    for norm in {t["norm"] for t in gpu_tuning}:
+        for name in lib.GPU_TUNING:
+            if name != "recipe":
+                assert lib.tuning_change(gpu_tuning, norm, name) in text
     lib.update_readme(readme)
     assert readme.read_text() == text                        # idempotent
