@@ -6,7 +6,9 @@ For each norm at batch 128, in training mode:
   seed-style  the usual tutorial pipeline: a CIFAR10-like Dataset of uint8 arrays with per-image PIL
               transforms (RandomHorizontalFlip, ToTensor, Normalize), a DataLoader with 2 worker
               processes, a plain fp32 SGD loop
-Prints a table and one JSON line per norm; writes bench/results.json (atomically).
+Then the bare training step under each layout and precision, each GroupNorm implementation, and each
+activation. Prints a table and one JSON line per norm; writes bench/results.json (atomically), with the
+recipe the models were built with.
 
     python bench/throughput.py [--images 12800]
 """
@@ -88,10 +90,11 @@ def swap_group_norm(model: torch.nn.Module, group_norm) -> torch.nn.Module:
     return model
 
 
-def step_images_per_s(norm, layout, precision, batch_size=128, steps=12, group_norm=None) -> float:
+def step_images_per_s(norm, layout, precision, batch_size=128, steps=12, group_norm=None, activation=None) -> float:
     """The bare training step (forward, backward, SGD) on a fixed random batch: no data pipeline.
-    group_norm: a GroupNorm subclass to use instead of nn.GroupNorm (see swap_group_norm)."""
-    model = lib.build_model(norm)
+    group_norm: a GroupNorm subclass to use instead of nn.GroupNorm (see swap_group_norm);
+    activation: one of lib.ACTIVATIONS instead of the recipe's."""
+    model = lib.build_model(norm, activation=activation or lib.RECIPE["activation"])
     if group_norm is not None:
         model = swap_group_norm(model, group_norm)
     model = model.to(memory_format=layout).train()
@@ -163,6 +166,23 @@ def group_norm_table() -> list[dict]:
     return rows
 
 
+def activation_table(repeats=2, steps=30) -> list[dict]:
+    """The bare step of each norm (bf16, lib's layout) with each activation: what the activation costs.
+    The best of `repeats` interleaved measurements, since a shared 2-core machine is noisy."""
+    rows = []
+    for norm in lib.NORMS:
+        layout = lib.fast_memory_format(norm, torch.device("cpu"))
+        best = {a: 0.0 for a in lib.ACTIVATIONS}
+        for _ in range(repeats):
+            for a in lib.ACTIVATIONS:
+                best[a] = max(best[a], step_images_per_s(norm, layout, "bf16", steps=steps, activation=a))
+        for a, ips in best.items():
+            rows.append(dict(norm=norm, activation=a, images_per_s=round(ips, 1),
+                             vs_relu=round(ips / best["relu"], 3)))
+            print(f"  step {norm} {a:<10}: {ips:7.0f} img/s", file=sys.stderr)
+    return rows
+
+
 def lib_images_per_s(norm, data, n_images, batch_size=128) -> tuple[float, str]:
     lib.train(norm, epochs=1, batch_size=batch_size, data=data, subset=batch_size * 8, progress=False)  # warm-up
     _, m = lib.train(norm, epochs=1, batch_size=batch_size, data=data, subset=n_images, progress=False)
@@ -200,8 +220,10 @@ def main():
     print(f"fp32 peak: {cores} cores x 32 FLOP/cycle x {ghz:.2f} GHz = {peak:.0f} GFLOP/s")
     options = options_table()
     group_norm = group_norm_table()
+    activations = activation_table()
     lib._atomic_write(Path(args.out), lambda f: f.write(json.dumps(
-        dict(pipelines=results, options=options, group_norm=group_norm), indent=1).encode()))
+        dict(pipelines=results, options=options, group_norm=group_norm, activations=activations,
+             recipe=lib.RECIPE), indent=1).encode()))
 
 
 if __name__ == "__main__":
