@@ -1035,7 +1035,7 @@ def readme_results() -> str:
                               for n in NORMS if n in base) + " points. Details in the tuning appendix.", ""]
     gpu_tuning = load_tuning(gpu=True)
     if gpu_tuning:
-        lines += [f"**Second tuning round, on a GPU** (`make tune-gpu`; {gpu_tuning[0]['device']}; the same split; "
+        lines += [f"**Second tuning round, on a GPU** (`make tune-gpu`; {'; '.join(sorted({t['device'] for t in gpu_tuning}))}; the same split; "
                   "baseline: the recipe as the round began, " + ", ".join(f"{k}={v}" for k, v in GPU_TUNING_BASELINE.items())
                   + "): " + "; ".join(f"{n.upper()} " + ", ".join(tuning_change(gpu_tuning, n, name) for name in GPU_TUNING
                                                                 if name != "recipe")
@@ -1083,15 +1083,16 @@ def gpu_recipe_note(gpu: dict) -> str:
     note = ("These runs used the recipe as it stood then: " +
             ", ".join(f"`{k}` = {v} where `lib.RECIPE` now has {RECIPE[k]}" for k, v in changed.items()) + ". ")
     if set(changed) == {"activation"}:
-        runs = [t for t in load_tuning(gpu=True) if t["device"] == gpu["device"]]
-        secs = {a: [t["seconds"] for t in runs if recorded_recipe(t)["activation"] == a]
-                for a in (changed["activation"], RECIPE["activation"])}
-        if all(secs.values()):
-            old, new = (sum(s) / len(s) for s in secs.values())
-            note += (f"In the GPU tuning round, on the same GPU, a run with {RECIPE['activation']} took "
-                     f"{abs(new / old - 1):.1%} {'longer' if new > old else 'less time'} than one with "
-                     f"{changed['activation']} (means of {len(secs[RECIPE['activation']])} and "
-                     f"{len(secs[changed['activation']])} runs). ")
+        # Time per run, paired by norm and seed on the same GPU, so that unequal coverage cannot bias it.
+        runs = {(t["norm"], t["seed"], recorded_recipe(t)["activation"]): t["seconds"]
+                for t in load_tuning(gpu=True) if t["device"] == gpu["device"]}
+        then, now = changed["activation"], RECIPE["activation"]
+        ratios = [runs[n, s, now] / secs for (n, s, a), secs in runs.items() if a == then and (n, s, now) in runs]
+        if ratios:
+            change = sum(ratios) / len(ratios) - 1
+            note += (f"In the GPU tuning round, on the same GPU, a run with {now} took {abs(change):.1%} "
+                     f"{'longer' if change > 0 else 'less time'} than one with {then} (mean over {len(ratios)} "
+                     f"pair{'s' * (len(ratios) > 1)} of runs, same norm and seed). ")
     return note
 
 

@@ -393,13 +393,17 @@ def test_gpu_runs_say_how_their_recipe_differs_from_today(monkeypatch):
     gpu = dict(device="GPU X", modes={"cuda graphs": dict(runs=[run])})
     assert lib.gpu_recipe_note(gpu) == ""
     run["recipe"]["activation"] = "hardswish"
+    now = lib.RECIPE["activation"]
     monkeypatch.setattr(lib, "load_tuning", lambda gpu=False: [
-        dict(device="GPU X", seconds=s, recipe=dict(lib.RECIPE, activation=a))
-        for a, s in (("hardswish", 10.0), ("hardswish", 12.0), (lib.RECIPE["activation"], 16.5))])
+        dict(device=d, norm=n, seed=0, seconds=s, recipe=dict(lib.RECIPE, activation=a))
+        for d, n, a, s in (("GPU X", "bn", "hardswish", 10.0), ("GPU X", "bn", now, 15.0),
+                           ("GPU X", "gn", "hardswish", 20.0), ("GPU X", "gn", now, 20.0),
+                           ("GPU X", "ln", "hardswish", 99.0),                    # no partner: left out
+                           ("GPU Y", "ln", now, 1.0))])                           # another GPU: left out
     assert lib.gpu_recipe_note(gpu) == (
         f"These runs used the recipe as it stood then: `activation` = hardswish where `lib.RECIPE` now has "
-        f"{lib.RECIPE['activation']}. In the GPU tuning round, on the same GPU, a run with {lib.RECIPE['activation']} "
-        "took 50.0% longer than one with hardswish (means of 1 and 2 runs). ")
+        f"{now}. In the GPU tuning round, on the same GPU, a run with {now} took 25.0% longer than one with "
+        "hardswish (mean over 2 pairs of runs, same norm and seed). ")
 
 
 def test_readme_results_come_from_the_run_artifacts(tmp_path):
