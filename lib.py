@@ -919,9 +919,10 @@ TUNING_PLAN = {"bn": tuple(n for n in TUNING if n != "silu"),
 # More seeds (baseline and variant) for a change whose gain was consistent but within one seed's noise.
 REPEATED_TUNING = dict(names=("recipe", "shortcuts"), seeds=(1, 2))
 
-# A second round on a GPU (`make tune-gpu`), where a run takes seconds: every variant on every norm,
-# three seeds each, against RECIPE as it stood when the round began (GPU_TUNING_BASELINE pins it).
-# Results go to runs/tune-gpu/.
+# Rounds on a GPU (`make tune-gpu`), where a run takes seconds: every variant on every norm, three
+# seeds each, each round against RECIPE as it stood when the round began (its baseline pins it).
+# Round 1 (runs/tune-gpu/) chose the activation; round 2 (runs/tune-gpu-2/) tries, on the recipe with
+# shortcuts and SiLU, the remaining levers that need no new code.
 GPU_TUNING = {
     "recipe": {},
     "silu": dict(activation="silu"),
@@ -929,10 +930,21 @@ GPU_TUNING = {
 }
 GPU_TUNING_BASELINE = dict(shortcuts=True, activation="relu")
 GPU_TUNING_SEEDS = (0, 1, 2)
+GPU_TUNING_2 = {
+    "recipe": {},
+    "warmup 0.1": dict(warmup=0.1),
+    "label smoothing 0.2": dict(label_smoothing=0.2),
+    "translate 4": dict(translate=4),
+    "batch 256": dict(batch_size=256),
+}
+GPU_TUNING_2_BASELINE = dict(shortcuts=True, activation="silu")
+GPU_ROUNDS = {1: dict(variants=GPU_TUNING, baseline=GPU_TUNING_BASELINE, seeds=GPU_TUNING_SEEDS),
+              2: dict(variants=GPU_TUNING_2, baseline=GPU_TUNING_2_BASELINE, seeds=GPU_TUNING_SEEDS)}
 
 
-def tune_dir(gpu: bool = False) -> Path:
-    return ROOT / "runs" / ("tune-gpu" if gpu else "tune")
+def tune_dir(gpu: int = 0) -> Path:
+    """The folder of a tuning round: gpu=0 the CPU round, else the GPU round of that number (True is 1)."""
+    return ROOT / "runs" / ("tune" if not gpu else "tune-gpu" if gpu == 1 else f"tune-gpu-{gpu}")
 
 
 def run_tuning(norm: str, names=None, seed: int = 0, data_dir: str | Path = "data",
@@ -955,7 +967,8 @@ def run_tuning(norm: str, names=None, seed: int = 0, data_dir: str | Path = "dat
         m.update(tuning=name, change=variants[name], tuning_baseline=baseline, evaluated_on="validation",
                  final_val_acc=m["final_test_acc"], final_val_acc_tta=m["final_test_acc_tta"])
         _atomic_write_json(m, path)
-        print(f"tuning {norm} {name!r}: validation {m['final_val_acc']:.2f} % in {m['seconds'] / 60:.1f} min", flush=True)
+        print(f"tuning {norm} {name!r} seed {seed}: validation {m['final_val_acc']:.2f} % "
+              f"in {m['seconds'] / 60:.1f} min", flush=True)
 
 
 def run_all_tuning(data_dir: str | Path = "data") -> None:
@@ -968,20 +981,23 @@ def run_all_tuning(data_dir: str | Path = "data") -> None:
             run_tuning(norm, REPEATED_TUNING["names"], seed=seed, data=data)
 
 
-def run_gpu_tuning(data_dir: str | Path = "data", folder: Path | None = None) -> None:
-    """`make tune-gpu`: every GPU_TUNING variant of every norm at GPU_TUNING_SEEDS, one seed at a time
-    (a round cut short still compares variants on equal seeds). Needs a CUDA GPU."""
+def run_gpu_tuning(data_dir: str | Path = "data", rounds=tuple(GPU_ROUNDS), folder: Path | None = None) -> None:
+    """`make tune-gpu`: each round of GPU_ROUNDS, every variant of every norm at the round's seeds, one
+    seed at a time (a round cut short still compares variants on equal seeds). Needs a CUDA GPU.
+    `folder`, if given, holds one sub-folder per round, named like tune_dir's."""
     if not torch.cuda.is_available():
         raise NormbookError("make tune-gpu needs a CUDA GPU; none is visible to PyTorch")
     data = load_cifar10(data_dir)
-    for seed in GPU_TUNING_SEEDS:
-        for norm in NORMS:
-            run_tuning(norm, tuple(GPU_TUNING), seed=seed, data=data, variants=GPU_TUNING,
-                       baseline=GPU_TUNING_BASELINE, folder=folder or tune_dir(gpu=True), device="cuda")
+    for r in rounds:
+        spec, out = GPU_ROUNDS[r], tune_dir(r) if folder is None else Path(folder) / tune_dir(r).name
+        for seed in spec["seeds"]:
+            for norm in NORMS:
+                run_tuning(norm, tuple(spec["variants"]), seed=seed, data=data, variants=spec["variants"],
+                           baseline=spec["baseline"], folder=out, device="cuda")
 
 
-def load_tuning(gpu: bool = False) -> list[dict]:
-    """Every tuning run of a round (the CPU round, or with gpu=True the GPU round), each with `delta`:
+def load_tuning(gpu: int = 0) -> list[dict]:
+    """Every tuning run of a round (gpu=0 the CPU round, else that GPU round), each with `delta`:
     its validation accuracy minus that of the baseline run ("recipe") of the same norm and seed (None
     where that baseline has not run yet)."""
     runs = _read_jsons(tune_dir(gpu))
@@ -1033,13 +1049,16 @@ def readme_results() -> str:
                       tuning_change(tuning, n, name) for name in dict.fromkeys(
                           t["tuning"] for t in tuning if t["norm"] == n and t["tuning"] != "recipe"))
                               for n in NORMS if n in base) + " points. Details in the tuning appendix.", ""]
-    gpu_tuning = load_tuning(gpu=True)
-    if gpu_tuning:
-        lines += [f"**Second tuning round, on a GPU** (`make tune-gpu`; {'; '.join(sorted({t['device'] for t in gpu_tuning}))}; the same split; "
-                  "baseline: the recipe as the round began, " + ", ".join(f"{k}={v}" for k, v in GPU_TUNING_BASELINE.items())
-                  + "): " + "; ".join(f"{n.upper()} " + ", ".join(tuning_change(gpu_tuning, n, name) for name in GPU_TUNING
-                                                                if name != "recipe")
-                                      for n in NORMS if any(t["norm"] == n for t in gpu_tuning)) + " points.", ""]
+    for r, spec in GPU_ROUNDS.items():
+        gpu_tuning = load_tuning(r)
+        if gpu_tuning:
+            lines += [f"**GPU tuning round {r}** (`make tune-gpu`, `runs/{tune_dir(r).name}/`; "
+                      f"{'; '.join(sorted({t['device'] for t in gpu_tuning}))}; the same split; baseline: the recipe "
+                      "as the round began, " + ", ".join(f"{k}={v}" for k, v in spec["baseline"].items())
+                      + "; mean change over the seeds run): " + "; ".join(
+                          f"{n.upper()} " + ", ".join(tuning_change(gpu_tuning, n, name) for name in spec["variants"]
+                                                      if name != "recipe")
+                          for n in NORMS if any(t["norm"] == n for t in gpu_tuning)) + " points.", ""]
     sweep = load_sweep("batch")
     budget = (f"reduced budget: {sweep[0]['budget']['n_train']:,} images, {sweep[0]['budget']['epochs']} epochs"
               if sweep else "reduced budget")
@@ -1085,12 +1104,12 @@ def gpu_recipe_note(gpu: dict) -> str:
     if set(changed) == {"activation"}:
         # Time per run, paired by norm and seed on the same GPU, so that unequal coverage cannot bias it.
         runs = {(t["norm"], t["seed"], recorded_recipe(t)["activation"]): t["seconds"]
-                for t in load_tuning(gpu=True) if t["device"] == gpu["device"]}
+                for t in load_tuning(1) if t["device"] == gpu["device"]}
         then, now = changed["activation"], RECIPE["activation"]
         ratios = [runs[n, s, now] / secs for (n, s, a), secs in runs.items() if a == then and (n, s, now) in runs]
         if ratios:
             change = sum(ratios) / len(ratios) - 1
-            note += (f"In the GPU tuning round, on the same GPU, a run with {now} took {abs(change):.1%} "
+            note += (f"In GPU tuning round 1, on the same GPU, a run with {now} took {abs(change):.1%} "
                      f"{'longer' if change > 0 else 'less time'} than one with {then} (mean over {len(ratios)} "
                      f"pair{'s' * (len(ratios) > 1)} of runs, same norm and seed). ")
     return note

@@ -365,6 +365,16 @@ def test_the_gpu_round_runs_its_variants_against_its_own_baseline(tiny_data, tmp
             lib.run_gpu_tuning(data_dir=tmp_path)
 
 
+def test_each_gpu_round_has_its_own_folder_and_a_baseline_of_its_own():
+    folders = [lib.tune_dir(r) for r in (0, *lib.GPU_ROUNDS)]
+    assert len(set(folders)) == len(folders) and lib.tune_dir(True) == lib.tune_dir(1)   # True: round 1, as before
+    for spec in lib.GPU_ROUNDS.values():
+        assert "recipe" in spec["variants"] and spec["variants"]["recipe"] == {}
+        for name, change in spec["variants"].items():           # each variant changes its baseline
+            assert name == "recipe" or any({**lib.RECIPE, **spec["baseline"], "batch_size": 128}.get(k) != v
+                                           for k, v in change.items()), name
+
+
 def test_tuning_deltas_are_against_the_baseline_of_the_same_seed(tmp_path, monkeypatch):
     monkeypatch.setattr(lib, "tune_dir", lambda gpu=False: tmp_path)
     for name, seed, acc in [("recipe", 0, 50.0), ("recipe", 1, 60.0), ("shortcuts", 1, 65.0), ("shortcuts", 2, 70.0)]:
@@ -402,7 +412,7 @@ def test_gpu_runs_say_how_their_recipe_differs_from_today(monkeypatch):
                            ("GPU Y", "ln", now, 1.0))])                           # another GPU: left out
     assert lib.gpu_recipe_note(gpu) == (
         f"These runs used the recipe as it stood then: `activation` = hardswish where `lib.RECIPE` now has "
-        f"{now}. In the GPU tuning round, on the same GPU, a run with {now} took 25.0% longer than one with "
+        f"{now}. In GPU tuning round 1, on the same GPU, a run with {now} took 25.0% longer than one with "
         "hardswish (mean over 2 pairs of runs, same norm and seed). ")
 
 
@@ -428,10 +438,14 @@ def test_readme_results_come_from_the_run_artifacts(tmp_path):
     assert f"{gpu['cuda graphs']['total_wall_seconds']:.1f} s with each step replayed as a CUDA graph" in text
     assert f"{gpu['eager']['total_wall_seconds']:.1f} s eager" in text
     assert lib.gpu_recipe_note(gpu_json).strip() in text         # says which recipe the GPU runs had
-    gpu_tuning = lib.load_tuning(gpu=True)
-    for norm in {t["norm"] for t in gpu_tuning}:
-        for name in lib.GPU_TUNING:
-            if name != "recipe":
-                assert lib.tuning_change(gpu_tuning, norm, name) in text
+    for r, spec in lib.GPU_ROUNDS.items():                  # every GPU round, each with its own baseline
+        gpu_tuning = lib.load_tuning(r)
+        assert gpu_tuning, f"GPU round {r} has no committed runs"
+        line = next(l for l in text.splitlines() if l.startswith(f"**GPU tuning round {r}**"))
+        assert ", ".join(f"{k}={v}" for k, v in spec["baseline"].items()) in line
+        for norm in {t["norm"] for t in gpu_tuning}:
+            for name in spec["variants"]:
+                if name != "recipe":
+                    assert lib.tuning_change(gpu_tuning, norm, name) in line
     lib.update_readme(readme)
     assert readme.read_text() == text                        # idempotent
