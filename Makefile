@@ -37,7 +37,7 @@ sweeps:
 tune:
 	$(PY) -c 'import lib; lib.run_all_tuning(data_dir="$(DATA)")'
 
-## The second tuning round (the activation), on a CUDA GPU: runs/tune-gpu/.
+## The GPU tuning rounds (lib.GPU_ROUNDS: the activation, then the levers left), on a CUDA GPU: runs/tune-gpu*/.
 tune-gpu:
 	$(PY) -c 'import lib; lib.run_gpu_tuning(data_dir="$(DATA)")'
 

@@ -911,7 +911,7 @@ TUNING = {                                       # name -> changes to RECIPE (ba
 # Every variant is one change to this baseline: RECIPE as it stood when tuning began (shortcuts and
 # SiLU were adopted from it), so `make tune` reproduces the committed runs.
 TUNING_BASELINE = dict(shortcuts=False, activation="relu")
-# Every variant but the activation on BN (its activation runs are the GPU round's); on GN and LN, the
+# Every variant but the activation on BN (its activation runs are GPU round 1's); on GN and LN, the
 # peak LR (the setting they are most often said to want differently) and the two changes adopted.
 TUNING_PLAN = {"bn": tuple(n for n in TUNING if n != "silu"),
                "ln": ("recipe", "peak lr 0.05", "peak lr 0.2", "shortcuts", "silu"),

@@ -7,8 +7,8 @@ For each norm at batch 128, in training mode:
               transforms (RandomHorizontalFlip, ToTensor, Normalize), a DataLoader with 2 worker
               processes, a plain fp32 SGD loop
 each timed twice, interleaved, keeping the faster of each.
-Then the bare training step under each layout and precision, each GroupNorm implementation, and each
-activation. Prints a table and one JSON line per norm; writes bench/results.json (atomically), with the
+Then the bare training step under each layout and precision, each GroupNorm implementation, each
+activation, and eager against torch.compile. Prints a table and one JSON line per norm; writes bench/results.json (atomically), with the
 recipe the models were built with.
 
     python bench/throughput.py [--images 12800]
@@ -91,25 +91,31 @@ def swap_group_norm(model: torch.nn.Module, group_norm) -> torch.nn.Module:
     return model
 
 
-def step_images_per_s(norm, layout, precision, batch_size=128, steps=12, group_norm=None, activation=None) -> float:
+def step_images_per_s(norm, layout, precision, batch_size=128, steps=12, group_norm=None, activation=None,
+                      compiled=False, warm_up: dict | None = None) -> float:
     """The bare training step (forward, backward, SGD) on a fixed random batch: no data pipeline.
     group_norm: a GroupNorm subclass to use instead of nn.GroupNorm (see swap_group_norm);
-    activation: one of lib.ACTIVATIONS instead of the recipe's."""
+    activation: one of lib.ACTIVATIONS instead of the recipe's; compiled: the model under torch.compile.
+    warm_up, if given, receives the seconds of the 3 untimed warm-up steps (compilation happens there)."""
     model = lib.build_model(norm, activation=activation or lib.RECIPE["activation"])
     if group_norm is not None:
         model = swap_group_norm(model, group_norm)
     model = model.to(memory_format=layout).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, foreach=True)
+    forward = torch.compile(model) if compiled else model
     x = torch.randn(batch_size, 3, 32, 32).contiguous(memory_format=layout)
     y = torch.randint(0, 10, (batch_size,))
+    t0 = time.perf_counter()
     for i in range(steps + 3):
         if i == 3:                                        # 3 warm-up steps
             start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = F.cross_entropy(model(x).float(), y)
+            loss = F.cross_entropy(forward(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    if warm_up is not None:
+        warm_up["seconds"] = start - t0
     return batch_size * steps / (time.perf_counter() - start)
 
 
@@ -184,6 +190,31 @@ def activation_table(repeats=2, steps=30) -> list[dict]:
     return rows
 
 
+def compile_table(repeats=2, steps=30) -> list[dict]:
+    """The bare step of each norm (bf16, lib's layout) eager and under torch.compile (Inductor's C++ code),
+    the best of `repeats` interleaved measurements, with the compile's one-off cost: the seconds the
+    first compiled measurement's 3 warm-up steps took, from an empty compile cache (a fresh machine's
+    case; the cache it leaves makes later compiles of the same model fast)."""
+    import tempfile
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="normbook-inductor-")
+    rows = []
+    for norm in lib.NORMS:
+        layout = lib.fast_memory_format(norm, torch.device("cpu"))
+        eager = compiled = 0.0
+        first = {}
+        for i in range(repeats):
+            torch._dynamo.reset()
+            eager = max(eager, step_images_per_s(norm, layout, "bf16", steps=steps))
+            compiled = max(compiled, step_images_per_s(norm, layout, "bf16", steps=steps, compiled=True,
+                                                       warm_up=first if i == 0 else None))
+        rows.append(dict(norm=norm, eager_images_per_s=round(eager, 1), compiled_images_per_s=round(compiled, 1),
+                         speedup=round(compiled / eager, 2), compile_seconds=round(first["seconds"], 1)))
+        print(f"  step {norm} eager {eager:7.0f} img/s, compiled {compiled:7.0f} img/s "
+              f"(compiling took {first['seconds']:.0f} s)", file=sys.stderr)
+    torch._dynamo.reset()
+    return rows
+
+
 def lib_images_per_s(norm, data, n_images, batch_size=128) -> tuple[float, str]:
     lib.train(norm, epochs=1, batch_size=batch_size, data=data, subset=batch_size * 8, progress=False)  # warm-up
     _, m = lib.train(norm, epochs=1, batch_size=batch_size, data=data, subset=n_images, progress=False)
@@ -226,9 +257,10 @@ def main():
     options = options_table()
     group_norm = group_norm_table()
     activations = activation_table()
+    compiled = compile_table()
     lib._atomic_write(Path(args.out), lambda f: f.write(json.dumps(
         dict(pipelines=results, options=options, group_norm=group_norm, activations=activations,
-             recipe=lib.RECIPE), indent=1).encode()))
+             compiled=compiled, recipe=lib.RECIPE), indent=1).encode()))
 
 
 if __name__ == "__main__":
