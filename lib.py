@@ -1055,9 +1055,10 @@ def readme_results() -> str:
             lines += [f"**GPU tuning round {r}** (`make tune-gpu`, `runs/{tune_dir(r).name}/`; "
                       f"{'; '.join(sorted({t['device'] for t in gpu_tuning}))}; the same split; baseline: the recipe "
                       "as the round began, " + ", ".join(f"{k}={v}" for k, v in spec["baseline"].items())
-                      + "; mean change over the seeds run): " + "; ".join(
-                          f"{n.upper()} " + ", ".join(tuning_change(gpu_tuning, n, name) for name in spec["variants"]
-                                                      if name != "recipe")
+                      + "; mean change over seeds " + ", ".join(map(str, sorted({t["seed"] for t in gpu_tuning})))
+                      + ", each against the baseline of its own seed): " + "; ".join(
+                          f"{n.upper()} " + ", ".join(tuning_change(gpu_tuning, n, name, count=False)
+                                                      for name in spec["variants"] if name != "recipe")
                           for n in NORMS if any(t["norm"] == n for t in gpu_tuning)) + " points.", ""]
     sweep = load_sweep("batch")
     budget = (f"reduced budget: {sweep[0]['budget']['n_train']:,} images, {sweep[0]['budget']['epochs']} epochs"
@@ -1115,12 +1116,12 @@ def gpu_recipe_note(gpu: dict) -> str:
     return note
 
 
-def tuning_change(tuning: list[dict], norm: str, name: str) -> str:
-    """'name +0.42', or 'name +0.42 (mean of 2 seeds)': a variant's gain over its same-seed baselines."""
+def tuning_change(tuning: list[dict], norm: str, name: str, count: bool = True) -> str:
+    """'name +0.42', or with count 'name +0.42 (mean of 2 seeds)': a variant's gain over its same-seed baselines."""
     deltas = [t["delta"] for t in tuning if (t["norm"], t["tuning"]) == (norm, name) and t["delta"] is not None]
     if not deltas:
         return f"{name} (no baseline yet)"
-    return f"{name} {sum(deltas) / len(deltas):+.2f}" + (f" (mean of {len(deltas)} seeds)" if len(deltas) > 1 else "")
+    return f"{name} {sum(deltas) / len(deltas):+.2f}" + (f" (mean of {len(deltas)} seeds)" if count and len(deltas) > 1 else "")
 
 
 def update_readme(path: Path = ROOT / "README.md") -> None:

@@ -446,6 +446,7 @@ def test_readme_results_come_from_the_run_artifacts(tmp_path):
         for norm in {t["norm"] for t in gpu_tuning}:
             for name in spec["variants"]:
                 if name != "recipe":
-                    assert lib.tuning_change(gpu_tuning, norm, name) in line
+                    runs = [t for t in gpu_tuning if (t["norm"], t["tuning"]) == (norm, name)]
+                    assert f"{name} {sum(t['delta'] for t in runs) / len(runs):+.2f}" in line
     lib.update_readme(readme)
     assert readme.read_text() == text                        # idempotent
