@@ -230,8 +230,8 @@ def normalize(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
 # =============================================================================================
 # Model
 # =============================================================================================
-# C1 C2 c3 P1 C3 C4 C5 c6 P2 C7 C8 C9 GAP c10. Every 3x3 conv is conv -> norm -> ReLU; the 1x1
-# transitions c3 and c6 only mix channels (no norm, no ReLU) before each pool; c10 maps to logits.
+# C1 C2 c3 P1 C3 C4 C5 c6 P2 C7 C8 C9 GAP c10. Every 3x3 conv is conv -> norm -> activation; the 1x1
+# transitions c3 and c6 only mix channels (no norm, no activation) before each pool; c10 maps to logits.
 # Widths are multiples of 8 so GroupNorm's 8 groups divide every layer; the 32x32 block is kept
 # narrow because it costs the most FLOPs per parameter.
 
