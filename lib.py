@@ -45,11 +45,13 @@ RECIPE = dict(
     flip=True,
     shortcuts=True,         # identity shortcuts around C4-C5 and C8-C9 (no parameters); see the tuning appendix
     activation="silu",      # after every 3x3 conv's norm, one of ACTIVATIONS; see the tuning appendix
+    cutout=0,               # side in pixels of a square set to the mean colour in each training image; 0: off
+    ema=0.0,                # per-step decay of an average of the weights, evaluated and saved instead; 0: off
 )
 
 
 # Keys added to RECIPE after some committed runs were made, with the value those runs used.
-RECIPE_ADDED_LATER = dict(shortcuts=False, activation="relu")
+RECIPE_ADDED_LATER = dict(shortcuts=False, activation="relu", cutout=0, ema=0.0)
 
 
 def recorded_recipe(metrics: dict) -> dict:
@@ -197,11 +199,14 @@ def load_cifar10(data_dir: str | Path = "data", full: bool = True) -> Cifar10:
     return Cifar10(train_x, train_y, test_x, test_y, source)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, flip: bool = True, translate: int = 0) -> torch.Tensor:
-    """Random horizontal flip and random translation, drawn independently for every image.
+def augment(x: torch.Tensor, generator: torch.Generator, flip: bool = True, translate: int = 0,
+            cutout: int = 0, fill: torch.Tensor | None = None) -> torch.Tensor:
+    """Random horizontal flip, random translation and cutout, drawn independently for every image.
 
     x is a uint8 or float batch (N, C, H, W); the result has the same shape and dtype.
     Translation pads by reflection and crops a window at a random offset in [-t, t]^2.
+    Cutout sets a cutout x cutout square centred anywhere in the image (clipped at its edges) to
+    `fill`, one value per channel (default 0; the training mean makes it 0 after normalization).
     """
     n, c, h, w = x.shape
     if flip:
@@ -217,6 +222,14 @@ def augment(x: torch.Tensor, generator: torch.Generator, flip: bool = True, tran
         batch = torch.arange(n, device=x.device)[:, None, None, None]
         chan = torch.arange(c, device=x.device)[None, :, None, None]
         x = padded[batch, chan, rows, cols]
+    if cutout > 0:
+        cy = torch.randint(0, h, (n,), generator=generator, device=x.device) - cutout // 2   # top-left corner
+        cx = torch.randint(0, w, (n,), generator=generator, device=x.device) - cutout // 2
+        ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+        in_y = (ys >= cy[:, None]) & (ys < cy[:, None] + cutout)                           # (N, H)
+        in_x = (xs >= cx[:, None]) & (xs < cx[:, None] + cutout)                           # (N, W)
+        fill = torch.zeros(c) if fill is None else torch.as_tensor(fill)
+        x = torch.where((in_y[:, :, None] & in_x[:, None, :])[:, None], fill.to(x).view(1, c, 1, 1), x)
     return x
 
 
@@ -522,6 +535,14 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = 128, see
     sums = (torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.int64))  # loss, correct
     graph_step = (CudaGraphStep(model, opt, train_x[:batch_size], train_y[:batch_size], sums, loss_args)
                   if cuda_graphs else None)
+    mean_fill = (mean_t * 255).round()                  # cutout's colour: the mean, 0 once normalized
+    # With recipe["ema"], an exponential moving average of the weights (and BN's running statistics)
+    # is kept after every step; it is what gets evaluated, reported and returned.
+    averaged = copy.deepcopy(model) if recipe["ema"] else model
+    if recipe["ema"]:
+        pairs = [(a, b) for a, b in zip(averaged.state_dict().values(), model.state_dict().values())
+                 if a.is_floating_point()]
+        ema_tensors, live_tensors = [a for a, _ in pairs], [b for _, b in pairs]
 
     history, step, start, train_seconds = [], 0, time.perf_counter(), 0.0
     bar = _progress(total=total, disable=not progress, desc=f"{norm} seed {seed}", unit="step", mininterval=2)
@@ -530,7 +551,8 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = 128, see
         epoch_start = time.perf_counter()
         order = torch.randperm(n, generator=gen, device=device)
         # Augment the whole epoch at once on uint8, then slice batches: cheap and vectorized.
-        epoch_x = augment(train_x[order], gen, flip=recipe["flip"], translate=recipe["translate"])
+        epoch_x = augment(train_x[order], gen, flip=recipe["flip"], translate=recipe["translate"],
+                          cutout=recipe["cutout"], fill=mean_fill)
         epoch_y = train_y[order]
         loss_sum, correct = sums
         loss_sum.zero_()
@@ -550,6 +572,8 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = 128, see
                 # Accumulate on the device; one host sync per epoch, not per step.
                 loss_sum += loss.detach() * len(y)
                 correct += (logits.argmax(1) == y).sum()
+            if recipe["ema"]:
+                torch._foreach_lerp_(ema_tensors, live_tensors, 1.0 - recipe["ema"])
             step += 1
             bar.update(1)
         train_loss, train_acc = loss_sum.item() / n, 100.0 * correct.item() / n
@@ -560,7 +584,7 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = 128, see
                                    f"(norm={norm}, peak_lr={peak:g}); nothing was saved")
         row = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc,
                    lr_end=one_cycle(step - 1, total, peak, recipe["warmup"]))
-        test = evaluate(model, test_x, test_y, mean_t, std_t, precision=precision,
+        test = evaluate(averaged, test_x, test_y, mean_t, std_t, precision=precision,
                         label_smoothing=recipe["label_smoothing"])
         row.update(test_loss=test["loss"], test_acc=test["acc"])
         bar.set_postfix(train_acc=f"{train_acc:.1f}", test_acc=f"{test['acc']:.1f}")
@@ -569,6 +593,10 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = 128, see
     bar.close()
     seconds = time.perf_counter() - start
 
+    if recipe["ema"]:                                  # counters and other non-float buffers: the live ones
+        averaged.load_state_dict({**model.state_dict(), **{k: v for k, v in averaged.state_dict().items()
+                                                          if v.is_floating_point()}})
+        model = averaged
     final_tta = evaluate(model, test_x, test_y, mean_t, std_t, precision=precision, tta=True)
     metrics = dict(
         norm=norm, norm_name=NORM_NAMES[norm], groups=(groups or GN_GROUPS) if norm == "gn" else None,
@@ -922,7 +950,7 @@ REPEATED_TUNING = dict(names=("recipe", "shortcuts"), seeds=(1, 2))
 # Rounds on a GPU (`make tune-gpu`), where a run takes seconds: every variant on every norm, three
 # seeds each, each round against RECIPE as it stood when the round began (its baseline pins it).
 # Round 1 (runs/tune-gpu/) chose the activation; round 2 (runs/tune-gpu-2/) tries, on the recipe with
-# shortcuts and SiLU, the remaining levers that need no new code.
+# shortcuts and SiLU, the levers left for the accuracy targets.
 GPU_TUNING = {
     "recipe": {},
     "silu": dict(activation="silu"),
@@ -936,6 +964,8 @@ GPU_TUNING_2 = {
     "label smoothing 0.2": dict(label_smoothing=0.2),
     "translate 4": dict(translate=4),
     "batch 256": dict(batch_size=256),
+    "ema 0.999": dict(ema=0.999),
+    "cutout 8": dict(cutout=8),
 }
 GPU_TUNING_2_BASELINE = dict(shortcuts=True, activation="silu")
 GPU_ROUNDS = {1: dict(variants=GPU_TUNING, baseline=GPU_TUNING_BASELINE, seeds=GPU_TUNING_SEEDS),
@@ -1118,9 +1148,10 @@ def gpu_recipe_note(gpu: dict) -> str:
 
 def tuning_change(tuning: list[dict], norm: str, name: str, count: bool = True) -> str:
     """'name +0.42', or with count 'name +0.42 (mean of 2 seeds)': a variant's gain over its same-seed baselines."""
-    deltas = [t["delta"] for t in tuning if (t["norm"], t["tuning"]) == (norm, name) and t["delta"] is not None]
+    runs = [t for t in tuning if (t["norm"], t["tuning"]) == (norm, name)]
+    deltas = [t["delta"] for t in runs if t["delta"] is not None]
     if not deltas:
-        return f"{name} (no baseline yet)"
+        return f"{name} ({'no baseline yet' if runs else 'not run yet'})"
     return f"{name} {sum(deltas) / len(deltas):+.2f}" + (f" (mean of {len(deltas)} seeds)" if count and len(deltas) > 1 else "")
 
 

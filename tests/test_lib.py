@@ -209,6 +209,24 @@ def test_translate_moves_each_image_by_at_most_t_pixels():
     assert len(set(zip(dy.tolist(), dx.tolist()))) > 3   # offsets differ between images
 
 
+def test_cutout_fills_one_square_per_image_with_the_given_colour():
+    x = torch.full((64, 3, 32, 32), 200, dtype=torch.uint8)
+    fill = torch.tensor([10.0, 20.0, 30.0])
+    out = lib.augment(x, torch.Generator().manual_seed(2), flip=False, cutout=8, fill=fill)
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    hit = out != 200                                                  # (N, C, H, W)
+    assert torch.equal(hit[:, 0], hit[:, 1]) and torch.equal(hit[:, 0], hit[:, 2])   # the same square in every channel
+    for img, mask in zip(out, hit[:, 0]):
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        assert 0 < len(rows) <= 8 and 0 < len(cols) <= 8               # one square, clipped at the edges
+        assert mask.sum() == len(rows) * len(cols)
+        assert img[:, rows[0], cols[0]].tolist() == [10, 20, 30]
+    assert (hit[:, 0].flatten(1).sum(1) == 64).sum() > 10               # most squares lie wholly inside
+    plain = lib.augment(x, torch.Generator().manual_seed(2), flip=True, translate=2)
+    same = lib.augment(x, torch.Generator().manual_seed(2), flip=True, translate=2, cutout=0)
+    assert torch.equal(plain, same)                                     # off: the random stream is unchanged
+
+
 def test_normalize_standardizes_with_given_mean_std():
     x = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
     out = lib.normalize(x, torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.25, 0.5, 1.0]))
@@ -235,6 +253,24 @@ def test_training_learns_and_records_metrics(tiny_data):
     assert m["final_test_acc"] == m["history"][-1]["test_acc"]
     assert m["history"][-1]["train_loss"] < m["history"][0]["train_loss"]
     assert m["history"][-1]["lr_end"] < 0.05 * m["peak_lr"]      # one-cycle anneals to ~0
+
+
+def test_the_weight_average_is_what_gets_evaluated_and_returned(tiny_data):
+    def run(ema):
+        return lib.train("bn", epochs=1, batch_size=20, data=tiny_data, precision="fp32", progress=False,
+                         recipe=dict(ema=ema))
+    torch.manual_seed(0)
+    init = lib.build_model("bn", shortcuts=lib.RECIPE["shortcuts"], activation=lib.RECIPE["activation"]).state_dict()
+    live, m_live = run(0.0)
+    slow, m_slow = run(0.999)                 # 10 steps of a slow average: the weights barely leave their start
+    moved = lambda model: sum((v.float() - init[k].float()).norm() for k, v in model.state_dict().items()
+                              if v.is_floating_point())
+    assert 0 < moved(slow) < 0.05 * moved(live)
+    assert m_slow["recipe"]["ema"] == 0.999 and m_slow["final_test_acc"] == m_slow["history"][-1]["test_acc"]
+    same, m_same = run(1e-12)                 # an average that follows the weights: the plain run again
+    assert m_same["history"][0]["test_acc"] == m_live["history"][0]["test_acc"]
+    assert all(torch.allclose(a, b) for a, b in zip(same.state_dict().values(), live.state_dict().values()))
+    assert same.state_dict()["0.1.num_batches_tracked"] == live.state_dict()["0.1.num_batches_tracked"] > 0
 
 
 def test_one_cycle_rises_then_falls():
@@ -382,6 +418,9 @@ def test_tuning_deltas_are_against_the_baseline_of_the_same_seed(tmp_path, monke
     delta = {(t["tuning"], t["seed"]): t["delta"] for t in lib.load_tuning()}
     assert delta == {("recipe", 0): 0.0, ("recipe", 1): 0.0, ("shortcuts", 1): 5.0, ("shortcuts", 2): None}
     assert lib.tuning_change(lib.load_tuning(), "bn", "shortcuts") == "shortcuts +5.00"
+    assert lib.tuning_change(lib.load_tuning(), "gn", "shortcuts") == "shortcuts (not run yet)"
+    lib._atomic_write_json(dict(norm="ln", tuning="shortcuts", seed=0, final_val_acc=1.0), tmp_path / "ln.json")
+    assert lib.tuning_change(lib.load_tuning(), "ln", "shortcuts") == "shortcuts (no baseline yet)"
 
 
 def test_error_bars_average_only_runs_trained_like_seed_0(tmp_path, monkeypatch):
@@ -447,6 +486,7 @@ def test_readme_results_come_from_the_run_artifacts(tmp_path):
             for name in spec["variants"]:
                 if name != "recipe":
                     runs = [t for t in gpu_tuning if (t["norm"], t["tuning"]) == (norm, name)]
-                    assert f"{name} {sum(t['delta'] for t in runs) / len(runs):+.2f}" in line
+                    assert (f"{name} {sum(t['delta'] for t in runs) / len(runs):+.2f}" if runs
+                            else f"{name} (not run yet)") in line
     lib.update_readme(readme)
     assert readme.read_text() == text                        # idempotent
