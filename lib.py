@@ -972,9 +972,9 @@ GPU_ROUNDS = {1: dict(variants=GPU_TUNING, baseline=GPU_TUNING_BASELINE, seeds=G
               2: dict(variants=GPU_TUNING_2, baseline=GPU_TUNING_2_BASELINE, seeds=GPU_TUNING_SEEDS)}
 
 
-def tune_dir(gpu: int = 0) -> Path:
-    """The folder of a tuning round: gpu=0 the CPU round, else the GPU round of that number (True is 1)."""
-    return ROOT / "runs" / ("tune" if not gpu else "tune-gpu" if gpu == 1 else f"tune-gpu-{gpu}")
+def tune_dir(gpu_round: int = 0) -> Path:
+    """The folder of a tuning round: 0 the CPU round, else that GPU round (the first kept its old name)."""
+    return ROOT / "runs" / {0: "tune", 1: "tune-gpu"}.get(gpu_round, f"tune-gpu-{gpu_round}")
 
 
 def run_tuning(norm: str, names=None, seed: int = 0, data_dir: str | Path = "data",
@@ -1011,26 +1011,25 @@ def run_all_tuning(data_dir: str | Path = "data") -> None:
             run_tuning(norm, REPEATED_TUNING["names"], seed=seed, data=data)
 
 
-def run_gpu_tuning(data_dir: str | Path = "data", rounds=tuple(GPU_ROUNDS), folder: Path | None = None) -> None:
+def run_gpu_tuning(data_dir: str | Path = "data", rounds=tuple(GPU_ROUNDS)) -> None:
     """`make tune-gpu`: each round of GPU_ROUNDS, every variant of every norm at the round's seeds, one
-    seed at a time (a round cut short still compares variants on equal seeds). Needs a CUDA GPU.
-    `folder`, if given, holds one sub-folder per round, named like tune_dir's."""
+    seed at a time (a round cut short still compares variants on equal seeds). Needs a CUDA GPU."""
     if not torch.cuda.is_available():
         raise NormbookError("make tune-gpu needs a CUDA GPU; none is visible to PyTorch")
     data = load_cifar10(data_dir)
     for r in rounds:
-        spec, out = GPU_ROUNDS[r], tune_dir(r) if folder is None else Path(folder) / tune_dir(r).name
+        spec = GPU_ROUNDS[r]
         for seed in spec["seeds"]:
             for norm in NORMS:
                 run_tuning(norm, tuple(spec["variants"]), seed=seed, data=data, variants=spec["variants"],
-                           baseline=spec["baseline"], folder=out, device="cuda")
+                           baseline=spec["baseline"], folder=tune_dir(r), device="cuda")
 
 
-def load_tuning(gpu: int = 0) -> list[dict]:
-    """Every tuning run of a round (gpu=0 the CPU round, else that GPU round), each with `delta`:
+def load_tuning(gpu_round: int = 0) -> list[dict]:
+    """Every tuning run of a round (0 the CPU round, else that GPU round), each with `delta`:
     its validation accuracy minus that of the baseline run ("recipe") of the same norm and seed (None
     where that baseline has not run yet)."""
-    runs = _read_jsons(tune_dir(gpu))
+    runs = _read_jsons(tune_dir(gpu_round))
     base = {(t["norm"], t["seed"]): t["final_val_acc"] for t in runs if t["tuning"] == "recipe"}
     for t in runs:
         b = base.get((t["norm"], t["seed"]))

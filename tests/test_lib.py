@@ -365,7 +365,7 @@ def test_sweep_writes_one_artifact_per_point_and_resumes(tiny_data, tmp_path, mo
 
 
 def test_tuning_never_touches_the_test_set_applies_its_change_and_resumes(tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(lib, "tune_dir", lambda gpu=False: tmp_path)
+    monkeypatch.setattr(lib, "tune_dir", lambda gpu_round=0: tmp_path)
     no_test_set = lib.Cifar10(tiny_data.train_x, tiny_data.train_y, None, None, "train only")  # any use would fail
     lib.run_tuning("bn", names=("recipe", "batch 64", "no label smoothing"), data=no_test_set, holdout=50, epochs=1)
     runs = {r["tuning"]: r for r in lib.load_tuning()}
@@ -386,12 +386,12 @@ def test_tuning_never_touches_the_test_set_applies_its_change_and_resumes(tiny_d
 
 
 def test_the_gpu_round_runs_its_variants_against_its_own_baseline(tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(lib, "tune_dir", lambda gpu=False: tmp_path / ("gpu" if gpu else "cpu"))
+    monkeypatch.setattr(lib, "tune_dir", lambda gpu_round=0: tmp_path / f"round{gpu_round}")
     no_test_set = lib.Cifar10(tiny_data.train_x, tiny_data.train_y, None, None, "train only")
     lib.run_tuning("ln", names=("recipe", "silu"), data=no_test_set, holdout=50, epochs=1, variants=lib.GPU_TUNING,
-                   baseline=lib.GPU_TUNING_BASELINE, folder=lib.tune_dir(gpu=True), device="cpu")
+                   baseline=lib.GPU_TUNING_BASELINE, folder=lib.tune_dir(1), device="cpu")
     assert lib.load_tuning() == []                                    # the CPU round is untouched
-    runs = {r["tuning"]: r for r in lib.load_tuning(gpu=True)}
+    runs = {r["tuning"]: r for r in lib.load_tuning(1)}
     assert runs["recipe"]["recipe"] == {**lib.RECIPE, **lib.GPU_TUNING_BASELINE}
     assert runs["silu"]["recipe"] == {**lib.RECIPE, **lib.GPU_TUNING_BASELINE, "activation": "silu"}
     assert runs["silu"]["tuning_baseline"] == lib.GPU_TUNING_BASELINE
@@ -403,7 +403,7 @@ def test_the_gpu_round_runs_its_variants_against_its_own_baseline(tiny_data, tmp
 
 def test_each_gpu_round_has_its_own_folder_and_a_baseline_of_its_own():
     folders = [lib.tune_dir(r) for r in (0, *lib.GPU_ROUNDS)]
-    assert len(set(folders)) == len(folders) and lib.tune_dir(True) == lib.tune_dir(1)   # True: round 1, as before
+    assert len(set(folders)) == len(folders) and lib.tune_dir(1).name == "tune-gpu"   # round 1's committed folder
     for spec in lib.GPU_ROUNDS.values():
         assert "recipe" in spec["variants"] and spec["variants"]["recipe"] == {}
         for name, change in spec["variants"].items():           # each variant changes its baseline
@@ -412,7 +412,7 @@ def test_each_gpu_round_has_its_own_folder_and_a_baseline_of_its_own():
 
 
 def test_tuning_deltas_are_against_the_baseline_of_the_same_seed(tmp_path, monkeypatch):
-    monkeypatch.setattr(lib, "tune_dir", lambda gpu=False: tmp_path)
+    monkeypatch.setattr(lib, "tune_dir", lambda gpu_round=0: tmp_path)
     for name, seed, acc in [("recipe", 0, 50.0), ("recipe", 1, 60.0), ("shortcuts", 1, 65.0), ("shortcuts", 2, 70.0)]:
         lib._atomic_write_json(dict(norm="bn", tuning=name, seed=seed, final_val_acc=acc), tmp_path / f"{name}-{seed}.json")
     delta = {(t["tuning"], t["seed"]): t["delta"] for t in lib.load_tuning()}
@@ -443,7 +443,7 @@ def test_gpu_runs_say_how_their_recipe_differs_from_today(monkeypatch):
     assert lib.gpu_recipe_note(gpu) == ""
     run["recipe"]["activation"] = "hardswish"
     now = lib.RECIPE["activation"]
-    monkeypatch.setattr(lib, "load_tuning", lambda gpu=False: [
+    monkeypatch.setattr(lib, "load_tuning", lambda gpu_round=0: [
         dict(device=d, norm=n, seed=0, seconds=s, recipe=dict(lib.RECIPE, activation=a))
         for d, n, a, s in (("GPU X", "bn", "hardswish", 10.0), ("GPU X", "bn", now, 15.0),
                            ("GPU X", "gn", "hardswish", 20.0), ("GPU X", "gn", now, 20.0),
