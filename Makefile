@@ -33,13 +33,14 @@ runs:
 sweeps:
 	$(PY) -c 'import lib; lib.run_sweep("groups", seeds=(0, 1), data_dir="$(DATA)"); lib.run_sweep("batch", seeds=(0, 1), data_dir="$(DATA)")'
 
-## Recipe variants on the validation split (resumable), for the tuning appendix.
+## Recipe variants on the validation split (resumable), for the tuning appendix: the first round, then
+## the later rounds of lib.ROUNDS that run on the CPU.
 tune:
 	$(PY) -c 'import lib; lib.run_all_tuning(data_dir="$(DATA)")'
 
-## The GPU tuning rounds (lib.GPU_ROUNDS: the activation, then the levers left), on a CUDA GPU: runs/tune-gpu*/.
+## The rounds of lib.ROUNDS that run on a CUDA GPU (the activation, then the levers left): runs/tune-gpu*/.
 tune-gpu:
-	$(PY) -c 'import lib; lib.run_gpu_tuning(data_dir="$(DATA)")'
+	$(PY) -c 'import lib; lib.run_rounds("cuda", data_dir="$(DATA)")'
 
 ## Extra seeds for error bars; their executed notebooks stay beside their artifacts.
 seeds:

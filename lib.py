@@ -34,7 +34,7 @@ GN_GROUPS = 8
 
 # The one recipe all three norms share (tuned on BN/LN runs; see the book's appendix).
 RECIPE = dict(
-    optimizer="SGD-Nesterov",
+    optimizer="SGD-Nesterov",   # or "AdamW" (decoupled weight decay; momentum is then Adam's beta1)
     momentum=0.9,
     peak_lr=0.1,            # one-cycle peak learning rate, at batch size 128
     lr_batch=128,           # the LR above is for this batch; other batches scale it linearly
@@ -47,11 +47,13 @@ RECIPE = dict(
     activation="silu",      # after every 3x3 conv's norm, one of ACTIVATIONS; see the tuning appendix
     cutout=0,               # side in pixels of a square set to the mean colour in each training image; 0: off
     ema=0.0,                # per-step decay of an average of the weights, evaluated and saved instead; 0: off
+    widths=None,            # the width of every conv (a dict like WIDTHS); None: WIDTHS
 )
+OPTIMIZERS = ("SGD-Nesterov", "AdamW")
 
 
 # Keys added to RECIPE after some committed runs were made, with the value those runs used.
-RECIPE_ADDED_LATER = dict(shortcuts=False, activation="relu", cutout=0, ema=0.0)
+RECIPE_ADDED_LATER = dict(shortcuts=False, activation="relu", cutout=0, ema=0.0, widths=None)
 
 
 def recorded_recipe(metrics: dict) -> dict:
@@ -409,9 +411,12 @@ def make_optimizer(model: nn.Module, lr: float, recipe: dict) -> torch.optim.Opt
     # Weight decay on conv weights only: decaying norm gammas/betas fights the normalization.
     decay = [p for n, p in model.named_parameters() if p.ndim == 4]
     no_decay = [p for n, p in model.named_parameters() if p.ndim != 4]
-    return torch.optim.SGD([dict(params=decay, weight_decay=recipe["weight_decay"]),
-                            dict(params=no_decay, weight_decay=0.0)],
-                           lr=lr, momentum=recipe["momentum"], nesterov=True, foreach=True)
+    groups = [dict(params=decay, weight_decay=recipe["weight_decay"]), dict(params=no_decay, weight_decay=0.0)]
+    if recipe["optimizer"] == "AdamW":
+        return torch.optim.AdamW(groups, lr=lr, betas=(recipe["momentum"], 0.999), foreach=True)
+    if recipe["optimizer"] == "SGD-Nesterov":
+        return torch.optim.SGD(groups, lr=lr, momentum=recipe["momentum"], nesterov=True, foreach=True)
+    raise NormbookError(f"unknown optimizer {recipe['optimizer']!r}: choose one of {', '.join(OPTIMIZERS)}")
 
 
 def forward_loss(model, x_uint8, y, mean, std, layout, autocast, label_smoothing):
@@ -507,16 +512,19 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = 128, see
         precision = "bf16" if bf16_supported(device) else "fp32"
     if precision not in ("fp32", "bf16"):
         raise NormbookError(f"precision={precision!r}: choose fp32, bf16 or auto")
-    cuda_graphs = device.type == "cuda" if cuda_graphs is None else cuda_graphs
+    sgd = recipe["optimizer"] == "SGD-Nesterov"          # the graphed step implements SGD-Nesterov only
+    cuda_graphs = device.type == "cuda" and sgd if cuda_graphs is None else cuda_graphs
     if cuda_graphs and device.type != "cuda":
         raise NormbookError(f"cuda_graphs=True needs a CUDA device; got {device}")
+    if cuda_graphs and not sgd:
+        raise NormbookError(f"cuda_graphs=True replays SGD-Nesterov steps only, not {recipe['optimizer']}")
     data = data or load_cifar10(data_dir, full=subset == 0)
     data = data.subset(subset)
 
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
     layout = fast_memory_format(norm, device)
-    model = build_model(norm, groups or GN_GROUPS, shortcuts=recipe["shortcuts"], activation=recipe["activation"])
+    model = build_model(norm, groups or GN_GROUPS, recipe["widths"] or WIDTHS, recipe["shortcuts"], recipe["activation"])
     model = model.to(device).to(memory_format=layout)
     mean, std = data.mean_std()
     mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
@@ -686,8 +694,8 @@ def load_run(out_dir: str | Path) -> tuple[nn.Module, dict]:
     out = run_dir(out_dir)
     metrics = json.loads((out / "metrics.json").read_text())
     recipe = recorded_recipe(metrics)
-    model = build_model(metrics["norm"], metrics.get("groups") or GN_GROUPS,
-                        shortcuts=recipe["shortcuts"], activation=recipe["activation"])
+    model = build_model(metrics["norm"], metrics.get("groups") or GN_GROUPS, recipe["widths"] or WIDTHS,
+                        recipe["shortcuts"], recipe["activation"])
     model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
     return model.eval(), metrics
 
@@ -947,10 +955,12 @@ TUNING_PLAN = {"bn": tuple(n for n in TUNING if n != "silu"),
 # More seeds (baseline and variant) for a change whose gain was consistent but within one seed's noise.
 REPEATED_TUNING = dict(names=("recipe", "shortcuts"), seeds=(1, 2))
 
-# Rounds on a GPU (`make tune-gpu`), where a run takes seconds: every variant on every norm, three
-# seeds each, each round against RECIPE as it stood when the round began (its baseline pins it).
-# Round 1 (runs/tune-gpu/) chose the activation; round 2 (runs/tune-gpu-2/) tries, on the recipe with
-# shortcuts and SiLU, the levers left for the accuracy targets.
+# Later rounds, each against RECIPE as it stood when the round began (its baseline pins it). On a GPU
+# (`make tune-gpu`), where a run takes seconds, every variant on every norm at three seeds: round 1
+# chose the activation; round 2 tried, on the recipe with shortcuts and SiLU, the levers left for the
+# accuracy targets. Round 3 ran on this CPU (`make tune`; no GPU was lent that session), from the same
+# recipe, at one seed: the two levers round 2 had not run, and those still untried (AdamW, where the
+# channels go), on BN, the norm furthest from its target, and the weight average on all three.
 GPU_TUNING = {
     "recipe": {},
     "silu": dict(activation="silu"),
@@ -968,13 +978,30 @@ GPU_TUNING_2 = {
     "cutout 8": dict(cutout=8),
 }
 GPU_TUNING_2_BASELINE = dict(shortcuts=True, activation="silu")
-GPU_ROUNDS = {1: dict(variants=GPU_TUNING, baseline=GPU_TUNING_BASELINE, seeds=GPU_TUNING_SEEDS),
-              2: dict(variants=GPU_TUNING_2, baseline=GPU_TUNING_2_BASELINE, seeds=GPU_TUNING_SEEDS)}
+TUNING_3 = {
+    "recipe": {},
+    "ema 0.999": dict(ema=0.999),
+    "cutout 8": dict(cutout=8),
+    "adamw lr 0.003": dict(optimizer="AdamW", peak_lr=0.003, weight_decay=0.05),   # decoupled decay
+    "adamw lr 0.01": dict(optimizer="AdamW", peak_lr=0.01, weight_decay=0.05),
+    # Parameters moved to where the feature maps are larger (more arithmetic per parameter).
+    "wide first block": dict(widths=dict(WIDTHS, C1=24, C2=24)),
+    "wide middle block": dict(widths=dict(WIDTHS, C3=32, C4=32, C5=32, C7=24, C8=24, C9=24)),
+}
+ROUNDS = {   # round -> where it runs, its folder under runs/, variants, baseline, seeds, plan (norm -> names)
+    1: dict(device="cuda", folder="tune-gpu", variants=GPU_TUNING, baseline=GPU_TUNING_BASELINE,
+            seeds=GPU_TUNING_SEEDS, plan={n: tuple(GPU_TUNING) for n in NORMS}),
+    2: dict(device="cuda", folder="tune-gpu-2", variants=GPU_TUNING_2, baseline=GPU_TUNING_2_BASELINE,
+            seeds=GPU_TUNING_SEEDS, plan={n: tuple(GPU_TUNING_2) for n in NORMS}),
+    3: dict(device="cpu", folder="tune-cpu-3", variants=TUNING_3, baseline=GPU_TUNING_2_BASELINE, seeds=(0,),
+            plan={"bn": tuple(TUNING_3), "gn": ("recipe", "ema 0.999"), "ln": ("recipe", "ema 0.999")}),
+}
+DEVICE_NAMES = {"cuda": "GPU", "cpu": "CPU"}
 
 
-def tune_dir(gpu_round: int = 0) -> Path:
-    """The folder of a tuning round: 0 the CPU round, else that GPU round (the first kept its old name)."""
-    return ROOT / "runs" / {0: "tune", 1: "tune-gpu"}.get(gpu_round, f"tune-gpu-{gpu_round}")
+def tune_dir(tuning_round: int = 0) -> Path:
+    """The folder of a tuning round: round 0 (TUNING_PLAN, the first, on the CPU), else that round of ROUNDS."""
+    return ROOT / "runs" / ("tune" if tuning_round == 0 else ROUNDS[tuning_round]["folder"])
 
 
 def run_tuning(norm: str, names=None, seed: int = 0, data_dir: str | Path = "data",
@@ -1002,34 +1029,35 @@ def run_tuning(norm: str, names=None, seed: int = 0, data_dir: str | Path = "dat
 
 
 def run_all_tuning(data_dir: str | Path = "data") -> None:
-    """`make tune`: every norm's TUNING_PLAN at seed 0, then REPEATED_TUNING's names at its seeds."""
+    """`make tune`: every norm's TUNING_PLAN at seed 0, then REPEATED_TUNING's names at its seeds, then
+    the later rounds that run on the CPU."""
     data = load_cifar10(data_dir)
     for norm, names in TUNING_PLAN.items():
         run_tuning(norm, names, seed=0, data=data)
     for seed in REPEATED_TUNING["seeds"]:
         for norm in NORMS:
             run_tuning(norm, REPEATED_TUNING["names"], seed=seed, data=data)
+    run_rounds("cpu", data=data)
 
 
-def run_gpu_tuning(data_dir: str | Path = "data", rounds=tuple(GPU_ROUNDS)) -> None:
-    """`make tune-gpu`: each round of GPU_ROUNDS, every variant of every norm at the round's seeds, one
-    seed at a time (a round cut short still compares variants on equal seeds). Needs a CUDA GPU."""
-    if not torch.cuda.is_available():
+def run_rounds(device: str, data_dir: str | Path = "data", data: Cifar10 | None = None) -> None:
+    """Each round of ROUNDS that runs on `device` ("cuda": `make tune-gpu`; "cpu": the end of `make tune`),
+    its plan at its seeds, one seed at a time (a round cut short still compares variants on equal seeds)."""
+    if device == "cuda" and not torch.cuda.is_available():
         raise NormbookError("make tune-gpu needs a CUDA GPU; none is visible to PyTorch")
-    data = load_cifar10(data_dir)
-    for r in rounds:
-        spec = GPU_ROUNDS[r]
-        for seed in spec["seeds"]:
-            for norm in NORMS:
-                run_tuning(norm, tuple(spec["variants"]), seed=seed, data=data, variants=spec["variants"],
-                           baseline=spec["baseline"], folder=tune_dir(r), device="cuda")
+    data = data or load_cifar10(data_dir)
+    for r, spec in ROUNDS.items():
+        for seed in spec["seeds"] if spec["device"] == device else ():
+            for norm, names in spec["plan"].items():
+                run_tuning(norm, names, seed=seed, data=data, variants=spec["variants"],
+                           baseline=spec["baseline"], folder=tune_dir(r), device=device)
 
 
-def load_tuning(gpu_round: int = 0) -> list[dict]:
-    """Every tuning run of a round (0 the CPU round, else that GPU round), each with `delta`:
+def load_tuning(tuning_round: int = 0) -> list[dict]:
+    """Every tuning run of a round (0: TUNING_PLAN's, else that round of ROUNDS), each with `delta`:
     its validation accuracy minus that of the baseline run ("recipe") of the same norm and seed (None
     where that baseline has not run yet)."""
-    runs = _read_jsons(tune_dir(gpu_round))
+    runs = _read_jsons(tune_dir(tuning_round))
     base = {(t["norm"], t["seed"]): t["final_val_acc"] for t in runs if t["tuning"] == "recipe"}
     for t in runs:
         b = base.get((t["norm"], t["seed"]))
@@ -1069,7 +1097,7 @@ def readme_results() -> str:
     tuning = load_tuning()
     if tuning:
         base = {t["norm"]: t["final_val_acc"] for t in tuning if t["tuning"] == "recipe" and t["seed"] == 0}
-        lines += [f"**Recipe tuning** (`make tune`; one change at a time, trained on {tuning[0]['n_train']:,} training "
+        lines += [f"**Tuning round 0, CPU** (`make tune`; one change at a time, trained on {tuning[0]['n_train']:,} training "
                   f"images, validation accuracy on the other {tuning[0]['n_test']:,}, never the test set; data: "
                   f"{tuning[0]['data'].split('; validation split')[0]}; baseline: the recipe as tuning began"
                   + "".join(f", {k}={v} where lib.RECIPE now has {RECIPE[k]}" for k, v in TUNING_BASELINE.items()
@@ -1078,17 +1106,20 @@ def readme_results() -> str:
                       tuning_change(tuning, n, name) for name in dict.fromkeys(
                           t["tuning"] for t in tuning if t["norm"] == n and t["tuning"] != "recipe"))
                               for n in NORMS if n in base) + " points. Details in the tuning appendix.", ""]
-    for r, spec in GPU_ROUNDS.items():
-        gpu_tuning = load_tuning(r)
-        if gpu_tuning:
-            lines += [f"**GPU tuning round {r}** (`make tune-gpu`, `runs/{tune_dir(r).name}/`; "
-                      f"{'; '.join(sorted({t['device'] for t in gpu_tuning}))}; the same split; baseline: the recipe "
+    for r, spec in ROUNDS.items():
+        runs = load_tuning(r)
+        if runs:
+            seeds = sorted({t["seed"] for t in runs})
+            lines += [f"**Tuning round {r}, {DEVICE_NAMES[spec['device']]}** "
+                      f"(`make {'tune-gpu' if spec['device'] == 'cuda' else 'tune'}`, `runs/{tune_dir(r).name}/`; "
+                      f"{'; '.join(sorted({t['device'] for t in runs}))}; the same split; baseline: the recipe "
                       "as the round began, " + ", ".join(f"{k}={v}" for k, v in spec["baseline"].items())
-                      + "; mean change over seeds " + ", ".join(map(str, sorted({t["seed"] for t in gpu_tuning})))
-                      + ", each against the baseline of its own seed): " + "; ".join(
-                          f"{n.upper()} " + ", ".join(tuning_change(gpu_tuning, n, name, count=False)
-                                                      for name in spec["variants"] if name != "recipe")
-                          for n in NORMS if any(t["norm"] == n for t in gpu_tuning)) + " points.", ""]
+                      + (f"; mean change over seeds {', '.join(map(str, seeds))}, each against the baseline of its "
+                         "own seed" if len(seeds) > 1 else f"; change at seed {seeds[0]}, against the baseline of "
+                         "that seed") + "): " + "; ".join(
+                          f"{n.upper()} " + ", ".join(tuning_change(runs, n, name, count=False)
+                                                      for name in spec["plan"][n] if name != "recipe")
+                          for n in NORMS if any(t["norm"] == n for t in runs)) + " points.", ""]
     sweep = load_sweep("batch")
     budget = (f"reduced budget: {sweep[0]['budget']['n_train']:,} images, {sweep[0]['budget']['epochs']} epochs"
               if sweep else "reduced budget")

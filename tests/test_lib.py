@@ -90,6 +90,7 @@ def test_recorded_recipe_fills_keys_added_later():
     (dict(batch_size=0), ["batch_size=0", ">= 1"]),
     (dict(norm="bn", groups=4), ["groups=4", "gn"]),
     (dict(cuda_graphs=True, device="cpu"), ["cuda_graphs=True", "CUDA"]),
+    (dict(recipe=dict(optimizer="Adam")), ["'Adam'", "SGD-Nesterov, AdamW"]),
 ])
 def test_bad_parameters_are_refused_by_name(kwargs, words, tiny_data, tmp_path):
     args = dict(norm="bn", epochs=1, batch_size=32, data=tiny_data, progress=False) | kwargs
@@ -273,6 +274,19 @@ def test_the_weight_average_is_what_gets_evaluated_and_returned(tiny_data):
     assert same.state_dict()["0.1.num_batches_tracked"] == live.state_dict()["0.1.num_batches_tracked"] > 0
 
 
+def test_adamw_decays_only_conv_weights_and_trains(tiny_data):
+    recipe = dict(lib.RECIPE, optimizer="AdamW", weight_decay=0.05)
+    model = lib.build_model("bn")
+    opt = lib.make_optimizer(model, 0.01, recipe)
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"][0] == recipe["momentum"]
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.05 for p in g["params"]}
+    assert decayed == {id(m.weight) for m in model.modules() if isinstance(m, nn.Conv2d)}
+    assert isinstance(lib.make_optimizer(model, 0.1, lib.RECIPE), torch.optim.SGD)
+    _, m = lib.train("bn", epochs=2, batch_size=50, data=tiny_data, precision="fp32", progress=False,
+                     recipe=dict(optimizer="AdamW", peak_lr=0.01, weight_decay=0.05))
+    assert m["recipe"]["optimizer"] == "AdamW" and m["history"][-1]["train_loss"] < m["history"][0]["train_loss"]
+
+
 def test_one_cycle_rises_then_falls():
     lrs = [lib.one_cycle(s, 100, 0.4, 0.25) for s in range(100)]
     assert max(lrs) == pytest.approx(0.4) and lrs.index(max(lrs)) == 24
@@ -291,10 +305,13 @@ def test_save_and_load_round_trip(tiny_data, tmp_path):
     assert torch.allclose(loaded(x), model.eval()(x), atol=1e-5)
 
 
-def test_a_run_with_shortcuts_loads_back_with_them(tiny_data, tmp_path):
+def test_a_run_with_shortcuts_and_other_widths_loads_back_with_them(tiny_data, tmp_path):
+    widths = dict(lib.WIDTHS, C1=24, C2=24)
     model, m = lib.train("gn", epochs=1, batch_size=50, data=tiny_data, precision="fp32", progress=False,
-                         recipe=dict(shortcuts=True))
+                         recipe=dict(shortcuts=True, widths=widths))
     assert m["recipe"]["shortcuts"] and any(isinstance(b, lib.Residual) for b in model)
+    assert m["params"] == lib.count_params(lib.build_model("gn", widths=widths, shortcuts=True)) != \
+        lib.count_params(lib.build_model("gn"))
     loaded, _ = lib.load_run(lib.save_run(model, m, tmp_path / "run"))
     x = lib.normalize(tiny_data.test_x[:8], torch.tensor(m["mean"]), torch.tensor(m["std"]))
     assert torch.allclose(loaded(x), model.eval()(x), atol=1e-5)
@@ -365,7 +382,7 @@ def test_sweep_writes_one_artifact_per_point_and_resumes(tiny_data, tmp_path, mo
 
 
 def test_tuning_never_touches_the_test_set_applies_its_change_and_resumes(tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(lib, "tune_dir", lambda gpu_round=0: tmp_path)
+    monkeypatch.setattr(lib, "tune_dir", lambda tuning_round=0: tmp_path)
     no_test_set = lib.Cifar10(tiny_data.train_x, tiny_data.train_y, None, None, "train only")  # any use would fail
     lib.run_tuning("bn", names=("recipe", "batch 64", "no label smoothing"), data=no_test_set, holdout=50, epochs=1)
     runs = {r["tuning"]: r for r in lib.load_tuning()}
@@ -386,7 +403,7 @@ def test_tuning_never_touches_the_test_set_applies_its_change_and_resumes(tiny_d
 
 
 def test_the_gpu_round_runs_its_variants_against_its_own_baseline(tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(lib, "tune_dir", lambda gpu_round=0: tmp_path / f"round{gpu_round}")
+    monkeypatch.setattr(lib, "tune_dir", lambda tuning_round=0: tmp_path / f"round{tuning_round}")
     no_test_set = lib.Cifar10(tiny_data.train_x, tiny_data.train_y, None, None, "train only")
     lib.run_tuning("ln", names=("recipe", "silu"), data=no_test_set, holdout=50, epochs=1, variants=lib.GPU_TUNING,
                    baseline=lib.GPU_TUNING_BASELINE, folder=lib.tune_dir(1), device="cpu")
@@ -398,21 +415,38 @@ def test_the_gpu_round_runs_its_variants_against_its_own_baseline(tiny_data, tmp
     assert runs["silu"]["delta"] == runs["silu"]["final_val_acc"] - runs["recipe"]["final_val_acc"]
     if not torch.cuda.is_available():
         with pytest.raises(lib.NormbookError, match="needs a CUDA GPU"):
-            lib.run_gpu_tuning(data_dir=tmp_path)
+            lib.run_rounds("cuda", data_dir=tmp_path)
 
 
-def test_each_gpu_round_has_its_own_folder_and_a_baseline_of_its_own():
-    folders = [lib.tune_dir(r) for r in (0, *lib.GPU_ROUNDS)]
-    assert len(set(folders)) == len(folders) and lib.tune_dir(1).name == "tune-gpu"   # round 1's committed folder
-    for spec in lib.GPU_ROUNDS.values():
+def test_run_rounds_trains_the_plan_of_each_round_on_its_device_in_its_folder(monkeypatch):
+    calls = []
+    monkeypatch.setattr(lib, "run_tuning", lambda norm, names, **kw: calls.append((norm, names, kw)))
+    lib.run_rounds("cpu", data="data")
+    cpu_rounds = [r for r, spec in lib.ROUNDS.items() if spec["device"] == "cpu"]
+    assert cpu_rounds and {kw["folder"] for _, _, kw in calls} == {lib.tune_dir(r) for r in cpu_rounds}
+    for norm, names, kw in calls:
+        r = next(r for r in cpu_rounds if lib.tune_dir(r) == kw["folder"])
+        assert names == lib.ROUNDS[r]["plan"][norm] and kw["variants"] is lib.ROUNDS[r]["variants"]
+        assert kw["baseline"] is lib.ROUNDS[r]["baseline"] and kw["device"] == "cpu" and kw["data"] == "data"
+    assert len(calls) == sum(len(lib.ROUNDS[r]["seeds"]) * len(lib.ROUNDS[r]["plan"]) for r in cpu_rounds)
+
+
+def test_each_round_has_its_own_folder_and_a_baseline_of_its_own():
+    folders = [lib.tune_dir(r) for r in (0, *lib.ROUNDS)]
+    assert len(set(folders)) == len(folders)
+    assert (lib.tune_dir(1).name, lib.tune_dir(2).name) == ("tune-gpu", "tune-gpu-2")   # the committed folders
+    for spec in lib.ROUNDS.values():
         assert "recipe" in spec["variants"] and spec["variants"]["recipe"] == {}
+        assert all("recipe" in names and set(names) <= set(spec["variants"]) for names in spec["plan"].values())
+        for change in spec["variants"].values():                 # every model in a round is within budget
+            lib.build_model("gn", widths=change.get("widths", lib.WIDTHS), shortcuts=spec["baseline"]["shortcuts"])
         for name, change in spec["variants"].items():           # each variant changes its baseline
             assert name == "recipe" or any({**lib.RECIPE, **spec["baseline"], "batch_size": 128}.get(k) != v
                                            for k, v in change.items()), name
 
 
 def test_tuning_deltas_are_against_the_baseline_of_the_same_seed(tmp_path, monkeypatch):
-    monkeypatch.setattr(lib, "tune_dir", lambda gpu_round=0: tmp_path)
+    monkeypatch.setattr(lib, "tune_dir", lambda tuning_round=0: tmp_path)
     for name, seed, acc in [("recipe", 0, 50.0), ("recipe", 1, 60.0), ("shortcuts", 1, 65.0), ("shortcuts", 2, 70.0)]:
         lib._atomic_write_json(dict(norm="bn", tuning=name, seed=seed, final_val_acc=acc), tmp_path / f"{name}-{seed}.json")
     delta = {(t["tuning"], t["seed"]): t["delta"] for t in lib.load_tuning()}
@@ -443,7 +477,7 @@ def test_gpu_runs_say_how_their_recipe_differs_from_today(monkeypatch):
     assert lib.gpu_recipe_note(gpu) == ""
     run["recipe"]["activation"] = "hardswish"
     now = lib.RECIPE["activation"]
-    monkeypatch.setattr(lib, "load_tuning", lambda gpu_round=0: [
+    monkeypatch.setattr(lib, "load_tuning", lambda tuning_round=0: [
         dict(device=d, norm=n, seed=0, seconds=s, recipe=dict(lib.RECIPE, activation=a))
         for d, n, a, s in (("GPU X", "bn", "hardswish", 10.0), ("GPU X", "bn", now, 15.0),
                            ("GPU X", "gn", "hardswish", 20.0), ("GPU X", "gn", now, 20.0),
@@ -477,15 +511,15 @@ def test_readme_results_come_from_the_run_artifacts(tmp_path):
     assert f"{gpu['cuda graphs']['total_wall_seconds']:.1f} s with each step replayed as a CUDA graph" in text
     assert f"{gpu['eager']['total_wall_seconds']:.1f} s eager" in text
     assert lib.gpu_recipe_note(gpu_json).strip() in text         # says which recipe the GPU runs had
-    for r, spec in lib.GPU_ROUNDS.items():                  # every GPU round, each with its own baseline
-        gpu_tuning = lib.load_tuning(r)
-        assert gpu_tuning, f"GPU round {r} has no committed runs"
-        line = next(l for l in text.splitlines() if l.startswith(f"**GPU tuning round {r}**"))
+    for r, spec in lib.ROUNDS.items():                      # every later round, each with its own baseline
+        round_runs = lib.load_tuning(r)
+        assert round_runs, f"round {r} has no committed runs"
+        line = next(l for l in text.splitlines() if l.startswith(f"**Tuning round {r}, "))
         assert ", ".join(f"{k}={v}" for k, v in spec["baseline"].items()) in line
-        for norm in {t["norm"] for t in gpu_tuning}:
-            for name in spec["variants"]:
+        for norm in {t["norm"] for t in round_runs}:
+            for name in spec["plan"][norm]:
                 if name != "recipe":
-                    runs = [t for t in gpu_tuning if (t["norm"], t["tuning"]) == (norm, name)]
+                    runs = [t for t in round_runs if (t["norm"], t["tuning"]) == (norm, name)]
                     assert (f"{name} {sum(t['delta'] for t in runs) / len(runs):+.2f}" if runs
                             else f"{name} (not run yet)") in line
     lib.update_readme(readme)
