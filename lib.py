@@ -960,7 +960,8 @@ REPEATED_TUNING = dict(names=("recipe", "shortcuts"), seeds=(1, 2))
 # chose the activation; round 2 tried, on the recipe with shortcuts and SiLU, the levers left for the
 # accuracy targets. Round 3 ran on this CPU (`make tune`; no GPU was lent that session), from the same
 # recipe, at one seed: the two levers round 2 had not run, and those still untried (AdamW, where the
-# channels go), on BN, the norm furthest from its target, and the weight average on all three.
+# channels go), on BN, the norm furthest from its target, and the weight average on all three; then the
+# two layouts together, also on LN, the norm closest to its target.
 GPU_TUNING = {
     "recipe": {},
     "silu": dict(activation="silu"),
@@ -984,9 +985,11 @@ TUNING_3 = {
     "cutout 8": dict(cutout=8),
     "adamw lr 0.003": dict(optimizer="AdamW", peak_lr=0.003, weight_decay=0.05),   # decoupled decay
     "adamw lr 0.01": dict(optimizer="AdamW", peak_lr=0.01, weight_decay=0.05),
+    "adamw lr 0.03": dict(optimizer="AdamW", peak_lr=0.03, weight_decay=0.05),
     # Parameters moved to where the feature maps are larger (more arithmetic per parameter).
     "wide first block": dict(widths=dict(WIDTHS, C1=24, C2=24)),
     "wide middle block": dict(widths=dict(WIDTHS, C3=32, C4=32, C5=32, C7=24, C8=24, C9=24)),
+    "wide first and middle blocks": dict(widths=dict(WIDTHS, C1=24, C2=24, C3=32, C4=32, C5=32, C7=24, C8=24, C9=24)),
 }
 ROUNDS = {   # round -> where it runs, its folder under runs/, variants, baseline, seeds, plan (norm -> names)
     1: dict(device="cuda", folder="tune-gpu", variants=GPU_TUNING, baseline=GPU_TUNING_BASELINE,
@@ -994,7 +997,8 @@ ROUNDS = {   # round -> where it runs, its folder under runs/, variants, baselin
     2: dict(device="cuda", folder="tune-gpu-2", variants=GPU_TUNING_2, baseline=GPU_TUNING_2_BASELINE,
             seeds=GPU_TUNING_SEEDS, plan={n: tuple(GPU_TUNING_2) for n in NORMS}),
     3: dict(device="cpu", folder="tune-cpu-3", variants=TUNING_3, baseline=GPU_TUNING_2_BASELINE, seeds=(0,),
-            plan={"bn": tuple(TUNING_3), "gn": ("recipe", "ema 0.999"), "ln": ("recipe", "ema 0.999")}),
+            plan={"bn": tuple(TUNING_3), "gn": ("recipe", "ema 0.999"),
+                  "ln": ("recipe", "ema 0.999", "wide first and middle blocks")}),
 }
 DEVICE_NAMES = {"cuda": "GPU", "cpu": "CPU"}
 
