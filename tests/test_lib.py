@@ -424,11 +424,16 @@ def test_run_rounds_trains_the_plan_of_each_round_on_its_device_in_its_folder(mo
     lib.run_rounds("cpu", data="data")
     cpu_rounds = [r for r, spec in lib.ROUNDS.items() if spec["device"] == "cpu"]
     assert cpu_rounds and {kw["folder"] for _, _, kw in calls} == {lib.tune_dir(r) for r in cpu_rounds}
-    for norm, names, kw in calls:
+    expected = [(norm, names, seed, r) for r in cpu_rounds
+                for part in (lib.ROUNDS[r], lib.ROUNDS[r].get("repeat", dict(seeds=())))
+                for seed in part["seeds"] for norm, names in part["plan"].items()]
+    assert [(norm, names, kw["seed"], next(r for r in cpu_rounds if lib.tune_dir(r) == kw["folder"]))
+            for norm, names, kw in calls] == expected
+    for _, _, kw in calls:
         r = next(r for r in cpu_rounds if lib.tune_dir(r) == kw["folder"])
-        assert names == lib.ROUNDS[r]["plan"][norm] and kw["variants"] is lib.ROUNDS[r]["variants"]
-        assert kw["baseline"] is lib.ROUNDS[r]["baseline"] and kw["device"] == "cpu" and kw["data"] == "data"
-    assert len(calls) == sum(len(lib.ROUNDS[r]["seeds"]) * len(lib.ROUNDS[r]["plan"]) for r in cpu_rounds)
+        assert kw["variants"] is lib.ROUNDS[r]["variants"] and kw["baseline"] is lib.ROUNDS[r]["baseline"]
+        assert kw["device"] == "cpu" and kw["data"] == "data"
+    assert any("repeat" in lib.ROUNDS[r] for r in cpu_rounds)        # the repeat plan is run too
 
 
 def test_each_round_has_its_own_folder_and_a_baseline_of_its_own():
@@ -437,7 +442,8 @@ def test_each_round_has_its_own_folder_and_a_baseline_of_its_own():
     assert (lib.tune_dir(1).name, lib.tune_dir(2).name) == ("tune-gpu", "tune-gpu-2")   # the committed folders
     for spec in lib.ROUNDS.values():
         assert "recipe" in spec["variants"] and spec["variants"]["recipe"] == {}
-        assert all("recipe" in names and set(names) <= set(spec["variants"]) for names in spec["plan"].values())
+        for plan in (spec["plan"], spec.get("repeat", dict(plan={}))["plan"]):
+            assert all("recipe" in names and set(names) <= set(spec["variants"]) for names in plan.values())
         for change in spec["variants"].values():                 # every model in a round is within budget
             lib.build_model("gn", widths=change.get("widths", lib.WIDTHS), shortcuts=spec["baseline"]["shortcuts"])
         for name, change in spec["variants"].items():           # each variant changes its baseline
