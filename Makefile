@@ -33,10 +33,10 @@ runs:
 sweeps:
 	$(PY) -c 'import lib; lib.run_sweep("groups", seeds=(0, 1), data_dir="$(DATA)"); lib.run_sweep("batch", seeds=(0, 1), data_dir="$(DATA)")'
 
-## Recipe variants on the validation split (resumable), for the tuning appendix: the first round, then
-## the later rounds of lib.ROUNDS that run on the CPU.
+## Recipe variants on the validation split (resumable), for the tuning appendix: the rounds of
+## lib.ROUNDS that run on the CPU (0 and 3).
 tune:
-	$(PY) -c 'import lib; lib.run_all_tuning(data_dir="$(DATA)")'
+	$(PY) -c 'import lib; lib.run_rounds("cpu", data_dir="$(DATA)")'
 
 ## The rounds of lib.ROUNDS that run on a CUDA GPU (the activation, then the levers left): runs/tune-gpu*/.
 tune-gpu:

@@ -953,9 +953,9 @@ TUNING_PLAN = {"bn": tuple(n for n in TUNING if n != "silu"),
                "ln": ("recipe", "peak lr 0.05", "peak lr 0.2", "shortcuts", "silu"),
                "gn": ("recipe", "peak lr 0.05", "peak lr 0.2", "shortcuts", "silu")}
 # More seeds (baseline and variant) for a change whose gain was consistent but within one seed's noise.
-REPEATED_TUNING = dict(names=("recipe", "shortcuts"), seeds=(1, 2))
+REPEATED_TUNING = dict(plan={n: ("recipe", "shortcuts") for n in NORMS}, seeds=(1, 2))
 
-# Later rounds, each against RECIPE as it stood when the round began (its baseline pins it). On a GPU
+# Round 0 is the one above. Later rounds, each against RECIPE as it stood when the round began (its baseline pins it). On a GPU
 # (`make tune-gpu`), where a run takes seconds, every variant on every norm at three seeds: round 1
 # chose the activation; round 2 tried, on the recipe with shortcuts and SiLU, the levers left for the
 # accuracy targets. Round 3 ran on this CPU (`make tune`; no GPU was lent that session), from the same
@@ -993,6 +993,8 @@ TUNING_3 = {
 }
 ROUNDS = {   # round -> where it runs, its folder under runs/, variants, baseline, seeds, plan (norm -> names),
              # optionally repeat: a plan of its own at more seeds
+    0: dict(device="cpu", folder="tune", variants=TUNING, baseline=TUNING_BASELINE, seeds=(0,), plan=TUNING_PLAN,
+            repeat=REPEATED_TUNING),
     1: dict(device="cuda", folder="tune-gpu", variants=GPU_TUNING, baseline=GPU_TUNING_BASELINE,
             seeds=GPU_TUNING_SEEDS, plan={n: tuple(GPU_TUNING) for n in NORMS}),
     2: dict(device="cuda", folder="tune-gpu-2", variants=GPU_TUNING_2, baseline=GPU_TUNING_2_BASELINE,
@@ -1007,8 +1009,7 @@ DEVICE_NAMES = {"cuda": "GPU", "cpu": "CPU"}
 
 
 def tune_dir(tuning_round: int = 0) -> Path:
-    """The folder of a tuning round: round 0 (TUNING_PLAN, the first, on the CPU), else that round of ROUNDS."""
-    return ROOT / "runs" / ("tune" if tuning_round == 0 else ROUNDS[tuning_round]["folder"])
+    return ROOT / "runs" / ROUNDS[tuning_round]["folder"]
 
 
 def run_tuning(norm: str, names=None, seed: int = 0, data_dir: str | Path = "data",
@@ -1035,21 +1036,10 @@ def run_tuning(norm: str, names=None, seed: int = 0, data_dir: str | Path = "dat
               f"in {m['seconds'] / 60:.1f} min", flush=True)
 
 
-def run_all_tuning(data_dir: str | Path = "data") -> None:
-    """`make tune`: every norm's TUNING_PLAN at seed 0, then REPEATED_TUNING's names at its seeds, then
-    the later rounds that run on the CPU."""
-    data = load_cifar10(data_dir)
-    for norm, names in TUNING_PLAN.items():
-        run_tuning(norm, names, seed=0, data=data)
-    for seed in REPEATED_TUNING["seeds"]:
-        for norm in NORMS:
-            run_tuning(norm, REPEATED_TUNING["names"], seed=seed, data=data)
-    run_rounds("cpu", data=data)
-
-
 def run_rounds(device: str, data_dir: str | Path = "data", data: Cifar10 | None = None) -> None:
-    """Each round of ROUNDS that runs on `device` ("cuda": `make tune-gpu`; "cpu": the end of `make tune`),
-    its plan at its seeds, one seed at a time (a round cut short still compares variants on equal seeds)."""
+    """Each round of ROUNDS that runs on `device` ("cuda": `make tune-gpu`; "cpu": `make tune`), its plan
+    at its seeds, one seed at a time (a round cut short still compares variants on equal seeds), then
+    its repeat plan. Resumable: runs already written are skipped."""
     if device == "cuda" and not torch.cuda.is_available():
         raise NormbookError("make tune-gpu needs a CUDA GPU; none is visible to PyTorch")
     data = data or load_cifar10(data_dir)
@@ -1063,7 +1053,7 @@ def run_rounds(device: str, data_dir: str | Path = "data", data: Cifar10 | None 
 
 
 def load_tuning(tuning_round: int = 0) -> list[dict]:
-    """Every tuning run of a round (0: TUNING_PLAN's, else that round of ROUNDS), each with `delta`:
+    """Every tuning run of a round of ROUNDS, each with `delta`:
     its validation accuracy minus that of the baseline run ("recipe") of the same norm and seed (None
     where that baseline has not run yet)."""
     runs = _read_jsons(tune_dir(tuning_round))
@@ -1116,7 +1106,7 @@ def readme_results() -> str:
                           t["tuning"] for t in tuning if t["norm"] == n and t["tuning"] != "recipe"))
                               for n in NORMS if n in base) + " points. Details in the tuning appendix.", ""]
     for r, spec in ROUNDS.items():
-        runs = load_tuning(r)
+        runs = load_tuning(r) if r else []              # round 0 has the paragraph above
         if runs:
             seeds, repeat = spec["seeds"], "repeat" in spec
             lines += [f"**Tuning round {r}, {DEVICE_NAMES[spec['device']]}** "
