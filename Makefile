@@ -7,60 +7,73 @@ DATA    ?= data
 CIFAR_TARBALL ?= ../shared/data/cifar10-jpeg.tar.gz
 PAPERMILL = $(PY) -m papermill --log-output --no-progress-bar
 
-.PHONY: report setup data runs seeds sweeps tune tune-gpu analysis book readme test browser bench clean
+.PHONY: report setup data run runs seeds sweeps tune tune-gpu robustness analysis book readme test browser bench clean
 
 ## The whole report from nothing: install, data, three training runs, analysis, README, site.
-report: setup data runs analysis readme book
+report: setup data runs robustness analysis readme book
 
 setup:
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 
 data:
 	@if [ -d $(DATA)/train ] || [ -f $(DATA)/cifar-10-batches-py/data_batch_1 ]; then echo "data: $(DATA) is ready"; \
 	elif [ -f $(CIFAR_TARBALL) ]; then mkdir -p $(DATA) && tar xzf $(CIFAR_TARBALL) -C $(DATA) --strip-components=1 && echo "data: unpacked $(CIFAR_TARBALL)"; \
 	else echo "data: no local copy; the first run downloads CIFAR-10 through torchvision"; fi
 
-## One papermill run per norm, seed 0: book/runs/<norm>.ipynb and runs/<norm>-s0/.
-## Papermill writes to a hidden file, renamed only on success, so a failed run keeps the old notebook.
+## One training run by hand, the safe way: `make run NORM=bn` (SEED=0, ARGS="-p epochs 1 -p subset 640").
+## Papermill writes to a hidden file, renamed only on success, so a failed run keeps the old notebook;
+## a run not trained like the reported ones (fewer epochs, a subset) writes under runs/scratch/.
+NORM ?= bn
+SEED ?= 0
+ARGS ?=
+run:
+	@mkdir -p book/runs runs/scratch
+	@nb=$$( [ -z "$(ARGS)" ] && [ "$(SEED)" = 0 ] && echo book/runs/$(NORM).ipynb || echo runs/scratch/$(NORM)-s$(SEED).ipynb ); \
+	  tmp=$$(dirname $$nb)/.$$(basename $$nb .ipynb).partial.ipynb; \
+	  $(PAPERMILL) book/train.ipynb $$tmp -p norm $(NORM) -p seed $(SEED) -p data_dir $(DATA) $(ARGS) \
+	    && mv $$tmp $$nb && echo "run: wrote $$nb"
+
+## The three reported runs (seed 0): book/runs/<norm>.ipynb and runs/<norm>-s0/.
 runs:
-	@mkdir -p book/runs
-	@for n in $(NORMS); do \
-	  $(PAPERMILL) book/train.ipynb book/runs/.$$n.partial.ipynb -p norm $$n -p seed 0 -p data_dir $(DATA) \
-	    -p out_dir runs/$$n-s0 && mv book/runs/.$$n.partial.ipynb book/runs/$$n.ipynb || exit 1; \
-	done
+	@for n in $(NORMS); do $(MAKE) --no-print-directory run NORM=$$n SEED=0 || exit 1; done
 
-## The batch-size and group-count sweeps of the experiments chapter (resumable: done points are kept).
+## Experiments are plans, runs/<folder>/plan.json; experiments.py trains only what a plan's folder lacks.
+## The batch-size and group-count sweeps of the experiments chapter:
 sweeps:
-	$(PY) -c 'import lib; lib.run_sweep("groups", seeds=(0, 1), data_dir="$(DATA)"); lib.run_sweep("batch", seeds=(0, 1), data_dir="$(DATA)")'
+	$(PY) experiments.py run runs/sweep-groups runs/sweep-batch --data $(DATA)
 
-## Recipe variants on the validation split (resumable), for the tuning appendix: the rounds of
-## lib.ROUNDS that run on the CPU (0 and 3).
+## The tuning rounds meant for the CPU (runs/tune, runs/tune-cpu-3), then those for a CUDA GPU:
 tune:
-	$(PY) -c 'import lib; lib.run_rounds("cpu", data_dir="$(DATA)")'
-
-## The rounds of lib.ROUNDS that run on a CUDA GPU (the activation, then the levers left): runs/tune-gpu*/.
+	$(PY) experiments.py device cpu --data $(DATA)
 tune-gpu:
-	$(PY) -c 'import lib; lib.run_rounds("cuda", data_dir="$(DATA)")'
+	$(PY) experiments.py device cuda --data $(DATA)
 
 ## Extra seeds for error bars; their executed notebooks stay beside their artifacts.
 seeds:
 	@for s in $(SEEDS); do for n in $(NORMS); do \
 	  $(PAPERMILL) book/train.ipynb runs/.$$n-s$$s.partial.ipynb -p norm $$n -p seed $$s -p data_dir $(DATA) \
-	    -p out_dir runs/$$n-s$$s && mv runs/.$$n-s$$s.partial.ipynb runs/$$n-s$$s/notebook.ipynb || exit 1; \
+	    && mv runs/.$$n-s$$s.partial.ipynb runs/$$n-s$$s/notebook.ipynb || exit 1; \
 	done; done
 
 ## The chapters computed from run artifacts (tables, figures, glued numbers).
-CHAPTERS = intro theory architecture results experiments tuning performance reproducibility
+CHAPTERS = intro theory architecture results experiments why tuning performance reproducibility
 analysis:
+	@$(PY) -c 'import publish; publish.write_colab_cells()'
 	@for c in $(CHAPTERS); do \
 	  $(PAPERMILL) --cwd book book/$$c.ipynb book/.$$c.partial.ipynb $(if $(filter-out data,$(DATA)),-p data_dir $(DATA)) \
 	    && mv book/.$$c.partial.ipynb book/$$c.ipynb || exit 1; done
 
 readme:
-	$(PY) -c 'import lib; lib.update_readme()'
+	$(PY) -c 'import publish; publish.update_readme()'
 
+## The evaluations of the "why they differ" chapter (shifted inputs, batch companions) of every saved run.
+robustness:
+	$(PY) robustness.py --data $(DATA)
+
+## Warnings are errors (a missing glued number, a broken reference), as in the tests.
 book:
-	jupyter-book build book/
+	jupyter-book build book/ -W -n --keep-going
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 test: setup browser

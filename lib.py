@@ -1,18 +1,24 @@
 """normbook: Batch, Group and Layer Normalization compared on CIFAR-10, everything else held fixed.
 
-One module, read top to bottom: configuration, data, model, training, artifacts, evaluation,
-figures. The notebooks in book/ only call into it.
+The report's engine, read top to bottom in eight sections: configuration, data, model, training,
+artifacts, evaluation, findings, figures. The notebooks in book/ call into it. Beside it:
+experiments.py runs the experiments, whose plans are data files (runs/<folder>/plan.json);
+robustness.py evaluates the saved models under shifted inputs; cuda_graphs.py is the GPU's training
+step; publish.py writes the README's results block and the notebooks' Colab cell.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -27,33 +33,37 @@ ROOT = Path(__file__).resolve().parent
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 NORMS = ("bn", "gn", "ln")
 NORM_NAMES = {"bn": "BatchNorm", "gn": "GroupNorm (8 groups)", "ln": "LayerNorm"}
-TARGETS = {"bn": 85.0, "gn": 83.0, "ln": 82.0}   # our own goals: final test accuracy (%), mean over seeds
-MAX_EPOCHS = 20          # the mission's ceiling
-MAX_PARAMS = 50_000      # the mission's ceiling, strict: a model must have fewer
+MAX_EPOCHS = 20          # the exercise's ceiling
+MAX_PARAMS = 50_000      # the exercise's ceiling, strict: a model must have fewer
 GN_GROUPS = 8
+MAIN_BATCH = 128         # the batch size of the reported runs
+TRACE_EVERY = 40         # the reported runs record a Tracer point every 40 steps (196 per run)
+FULL_COUNTS = {"train": 5000, "test": 1000}   # images per class in CIFAR-10
+FULL_TRAIN, FULL_TEST = 10 * FULL_COUNTS["train"], 10 * FULL_COUNTS["test"]
 
-# The one recipe all three norms share (tuned on BN/LN runs; see the book's appendix).
+# The one recipe all three norms share (how it was chosen: the book's tuning appendix).
 RECIPE = dict(
     optimizer="SGD-Nesterov",   # or "AdamW" (decoupled weight decay; momentum is then Adam's beta1)
     momentum=0.9,
-    peak_lr=0.1,            # one-cycle peak learning rate, at batch size 128
-    lr_batch=128,           # the LR above is for this batch; other batches scale it linearly
+    peak_lr=0.1,            # one-cycle peak learning rate, at batch size lr_batch
+    lr_batch=128,           # other batch sizes scale the peak LR linearly
     warmup=0.25,            # fraction of all steps spent rising linearly from 0 to peak_lr
-    weight_decay=5e-4,      # on conv weights only; norm gammas/betas and biases get none
+    weight_decay=5e-4,      # on conv weights only; norm gammas/betas get none
     label_smoothing=0.1,
     translate=2,            # random translation in pixels (reflect padding), after the flip
     flip=True,
-    shortcuts=True,         # identity shortcuts around C4-C5 and C8-C9 (no parameters); see the tuning appendix
-    activation="silu",      # after every 3x3 conv's norm, one of ACTIVATIONS; see the tuning appendix
-    cutout=0,               # side in pixels of a square set to the mean colour in each training image; 0: off
+    shortcuts=True,         # identity shortcuts around C4-C5 and C8-C9 (no parameters)
+    activation="silu",      # after every 3x3 conv's norm, one of ACTIVATIONS
+    cutout=0,               # side in pixels of a square set to the mean colour per training image; 0: off
     ema=0.0,                # per-step decay of an average of the weights, evaluated and saved instead; 0: off
     widths=None,            # the width of every conv (a dict like WIDTHS); None: WIDTHS
+    weight_std=False,       # Weight Standardization of every 3x3 conv's filters (no parameters)
 )
 OPTIMIZERS = ("SGD-Nesterov", "AdamW")
-
+PRECISIONS = ("auto", "bf16", "fp32")
 
 # Keys added to RECIPE after some committed runs were made, with the value those runs used.
-RECIPE_ADDED_LATER = dict(shortcuts=False, activation="relu", cutout=0, ema=0.0, widths=None)
+RECIPE_ADDED_LATER = dict(shortcuts=False, activation="relu", cutout=0, ema=0.0, widths=None, weight_std=False)
 
 
 def recorded_recipe(metrics: dict) -> dict:
@@ -65,18 +75,46 @@ class NormbookError(ValueError):
     """A bad parameter or bad data: the message names the value and what is allowed."""
 
 
-def check_params(norm: str, epochs: int, batch_size: int, groups: int | str | None = None) -> None:
-    """Refuse bad run parameters with a one-line message, before anything is written."""
-    if norm not in NORMS:
-        raise NormbookError(f"unknown norm {norm!r}: choose one of {', '.join(NORMS)}")
-    if not isinstance(epochs, int) or not 1 <= epochs <= MAX_EPOCHS:
-        raise NormbookError(f"epochs={epochs!r} is out of range: use an integer from 1 to {MAX_EPOCHS}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise NormbookError(f"batch_size={batch_size!r} is invalid: use an integer >= 1")
+def choose(what: str, value, options) -> None:
+    """Refuse a value that is not one of `options`, naming them."""
+    if value not in options:
+        raise NormbookError(f"unknown {what} {value!r}: choose one of {', '.join(map(str, options))}")
+
+
+def check_int(name: str, value, low: int, high: int | None = None) -> None:
+    """Refuse anything but an int (bools are not ints here) in [low, high]."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        allowed = f"an integer from {low:,} to {high:,}" if high is not None else f"an integer >= {low:,}"
+        raise NormbookError(f"{name}={value!r} is invalid: use {allowed}")
+
+
+def check_params(norm: str, epochs: int = MAX_EPOCHS, batch_size: int = MAIN_BATCH, seed: int = 0,
+                 subset: int = 0, groups: int | str | None = None, precision: str = "auto") -> None:
+    """Refuse bad run parameters with a one-line message, before any work is done."""
+    choose("norm", norm, NORMS)
+    check_int("epochs", epochs, 1, MAX_EPOCHS)
+    check_int("seed", seed, 0)
+    check_int("subset", subset, 0, FULL_TRAIN)
+    check_int("batch_size", batch_size, 1, subset or FULL_TRAIN)
+    choose("precision", precision, PRECISIONS)
     if groups is not None and norm != "gn":
         raise NormbookError(f"groups={groups!r} only applies to norm='gn', not {norm!r}")
     if groups is not None:
-        group_count(groups, 8)          # raises on a malformed value
+        group_count(groups, GN_GROUPS)          # raises on a malformed value
+
+
+def is_main_setting(epochs: int, batch_size: int, subset: int, groups) -> bool:
+    """Whether a run is trained like the reported ones (all data, 20 epochs, batch 128, 8 groups)."""
+    return (epochs, batch_size, subset) == (MAX_EPOCHS, MAIN_BATCH, 0) and groups in (None, GN_GROUPS)
+
+
+def default_out_dir(norm: str, seed: int, epochs: int, batch_size: int, subset: int, groups) -> str:
+    """runs/<norm>-s<seed> for a run trained like the reported ones; any other run (a smoke run, say)
+    goes under runs/scratch/ (git-ignored), so it can never replace a reported result."""
+    if is_main_setting(epochs, batch_size, subset, groups):
+        return f"runs/{norm}-s{seed}"
+    g = "" if groups is None else f"-g{str(groups).replace('/', '')}"
+    return f"runs/scratch/{norm}-s{seed}-e{epochs}-b{batch_size}-n{subset}{g}"
 
 
 def pick_device() -> torch.device:
@@ -94,15 +132,23 @@ def bf16_supported(device: torch.device) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        name = next(l.split(":", 1)[1].strip() for l in cpuinfo.splitlines() if l.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or platform.machine()
+    return f"CPU: {name}, {os.cpu_count()} cores"
+
+
 # =============================================================================================
 # Data
 # =============================================================================================
-# The whole data set is decoded once to uint8 tensors (N, 3, 32, 32) and cached next to the data;
-# training holds it in memory (on the GPU when there is one) and augments whole batches with
-# tensor ops, so no per-image Python or PIL work happens inside the training loop.
-
-FULL_COUNTS = {"train": 5000, "test": 1000}   # images per class in CIFAR-10
-
+# The whole data set is decoded once to uint8 tensors (N, 3, 32, 32) and cached next to the data,
+# with a fingerprint of the files it came from; training holds it in memory (on the GPU when there
+# is one) and augments whole batches with tensor ops, so no per-image Python work happens in the loop.
 
 class Cifar10:
     """CIFAR-10 as uint8 tensors: train_x (N,3,32,32), train_y (N,), test_x, test_y, and `source`."""
@@ -112,17 +158,17 @@ class Cifar10:
 
     def subset(self, n: int, n_test: int | None = None) -> "Cifar10":
         """The first n train and first n_test (default n) test images; n=0: everything."""
-        if n <= 0:
+        if n == 0:
             return self
-        n_test = n if n_test is None else n_test
+        check_int("subset", n, 0, len(self.train_y))
+        n_test = min(n if n_test is None else n_test, len(self.test_y))
         return Cifar10(self.train_x[:n], self.train_y[:n], self.test_x[:n_test], self.test_y[:n_test],
-                       f"{self.source}, first {n:,} train / {min(n_test, len(self.test_y)):,} test images")
+                       f"{self.source}, first {n:,} train / {n_test:,} test images")
 
     def holdout(self, n: int) -> "Cifar10":
         """Tuning data: train on all but the last n training images, evaluate on those n instead of
         the test set (the class-interleaved order makes them balanced: n/10 per class)."""
-        if not 0 < n < len(self.train_y):
-            raise NormbookError(f"holdout={n} must be between 1 and {len(self.train_y) - 1}")
+        check_int("holdout", n, 1, len(self.train_y) - 1)
         return Cifar10(self.train_x[:-n], self.train_y[:-n], self.train_x[-n:], self.train_y[-n:],
                        f"{self.source}; validation split: trained on the first {len(self.train_y) - n:,} "
                        f"training images, evaluated on the last {n:,} (test set unused)")
@@ -131,6 +177,13 @@ class Cifar10:
         """Per-channel mean and std of the training pixels, in [0, 1] units."""
         x = self.train_x.float().div_(255)
         return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def _image_files(split_dir: Path, name: str) -> list[Path]:
+    return sorted(f for f in (split_dir / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _read_image_folder(split_dir: Path, expected_per_class: int | None):
@@ -143,12 +196,16 @@ def _read_image_folder(split_dir: Path, expected_per_class: int | None):
         raise NormbookError(f"{split_dir} has class folders {found}; expected the 10 CIFAR-10 classes {list(CLASSES)}")
     images, labels = [], []
     for label, name in enumerate(CLASSES):
-        files = sorted(f for f in (split_dir / name).iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        if expected_per_class is not None and len(files) != expected_per_class:
-            raise NormbookError(f"{split_dir / name} holds {len(files)} images; expected {expected_per_class}")
+        files = _image_files(split_dir, name)
+        if not files or (expected_per_class is not None and len(files) != expected_per_class):
+            raise NormbookError(f"{split_dir / name} holds {len(files)} images; expected "
+                                f"{expected_per_class or 'at least one'}")
         for f in files:
-            with Image.open(f) as im:
-                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+            try:
+                with Image.open(f) as im:
+                    arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+            except OSError as e:
+                raise NormbookError(f"{f} cannot be decoded ({e}); replace it or unpack the data again") from None
             if arr.shape != (32, 32, 3):
                 raise NormbookError(f"{f} is {arr.shape[1]}x{arr.shape[0]}; CIFAR-10 images are 32x32")
             images.append(arr)
@@ -162,24 +219,54 @@ def _read_image_folder(split_dir: Path, expected_per_class: int | None):
     return x[order].contiguous(), y[order]
 
 
+def data_fingerprint(data_dir: Path) -> str:
+    """SHA-256 over the name, size and modification time of every data file: the cache's key."""
+    h = hashlib.sha256()
+    for split in ("train", "test"):
+        for name in CLASSES:
+            if (data_dir / split / name).is_dir():
+                for f in _image_files(data_dir / split, name):
+                    st = f.stat()
+                    h.update(f"{split}/{name}/{f.name} {st.st_size} {st.st_mtime_ns} {st.st_ino}\n".encode())
+    for f in sorted((data_dir / "cifar-10-batches-py").glob("*_batch*")):
+        st = f.stat()
+        h.update(f"{f.name} {st.st_size} {st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _read_cache(cache: Path, fingerprint: str) -> dict | None:
+    """The cached tensors if the cache is readable and was built from these files; else None."""
+    try:
+        d = torch.load(cache, weights_only=True)
+        return d if isinstance(d, dict) and d.get("fingerprint") == fingerprint else None
+    except Exception:           # missing, truncated, garbage or from another version: rebuild
+        return None
+
+
 def load_cifar10(data_dir: str | Path = "data", full: bool = True) -> Cifar10:
     """Load CIFAR-10 from `data_dir` (relative paths are taken from the repository root).
 
     - If data_dir holds an ImageFolder tree (train/<class>/*, test/<class>/*), such as the offline
       JPEG copy, decode it. `full=True` insists on CIFAR-10's 5,000/1,000 images per class.
     - Otherwise use torchvision.datasets.CIFAR10(data_dir, download=True), the official data.
-    The decoded tensors are cached in data_dir/cifar10_uint8.pt, so later runs load in a second.
+    The decoded tensors are cached in data_dir/cifar10_uint8.pt with a fingerprint of the files; a
+    cache that is unreadable or does not match the files is rebuilt; a read-only data_dir is not cached.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_absolute():
         data_dir = ROOT / data_dir
+    splits = {s: (data_dir / s).is_dir() for s in ("train", "test")}
+    if any(splits.values()) and not all(splits.values()):
+        missing = next(s for s, there in splits.items() if not there)
+        raise NormbookError(f"{data_dir / missing} is missing: an ImageFolder copy of CIFAR-10 needs both "
+                            f"train/ and test/ (make data unpacks them)")
     cache = data_dir / "cifar10_uint8.pt"
-    if cache.exists():
-        d = torch.load(cache, weights_only=True)
-        if (not full) or (len(d["train_y"]) == 50_000 and len(d["test_y"]) == 10_000):
-            return Cifar10(d["train_x"], d["train_y"], d["test_x"], d["test_y"], d["source"])
+    fingerprint = data_fingerprint(data_dir) if data_dir.is_dir() else ""
+    d = _read_cache(cache, fingerprint) if fingerprint else None
+    if d is not None and (not full or (len(d["train_y"]), len(d["test_y"])) == (FULL_TRAIN, FULL_TEST)):
+        return Cifar10(d["train_x"], d["train_y"], d["test_x"], d["test_y"], d["source"])
 
-    if (data_dir / "train").is_dir() and (data_dir / "test").is_dir():
+    if all(splits.values()):
         train_x, train_y = _read_image_folder(data_dir / "train", FULL_COUNTS["train"] if full else None)
         test_x, test_y = _read_image_folder(data_dir / "test", FULL_COUNTS["test"] if full else None)
         source = f"ImageFolder tree at {data_dir.name}/ (offline JPEG copy of CIFAR-10)"
@@ -197,7 +284,12 @@ def load_cifar10(data_dir: str | Path = "data", full: bool = True) -> Cifar10:
         test_x = torch.from_numpy(test.data).permute(0, 3, 1, 2).contiguous()
         train_y, test_y = torch.tensor(train.targets), torch.tensor(test.targets)
         source = "official CIFAR-10 (torchvision download)"
-    _atomic_save(dict(train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, source=source), cache)
+        fingerprint = data_fingerprint(data_dir)
+    try:
+        save_tensors(dict(train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, source=source,
+                          fingerprint=fingerprint), cache)
+    except OSError:
+        pass                    # a read-only data folder: decode again next time
     return Cifar10(train_x, train_y, test_x, test_y, source)
 
 
@@ -252,10 +344,10 @@ def normalize(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
 
 WIDTHS = dict(C1=16, C2=16, c3=16, C3=24, C4=24, C5=24, c6=32, C7=32, C8=32, C9=32)
 LAYERS = ("C1", "C2", "c3", "P1", "C3", "C4", "C5", "c6", "P2", "C7", "C8", "C9", "GAP", "c10")
-# Optional identity shortcuts (x + C5(C4(x)), x + C9(C8(x))): they add no parameters and no layers,
-# only a sum where the width stays the same ("add one layer to another").
+# Identity shortcuts (x + C5(C4(x)), x + C9(C8(x))): no parameters and no layers, only a sum where the
+# width stays the same.
 SHORTCUTS = (("C4", "C5"), ("C8", "C9"))
-# The activation after each 3x3 conv's norm (RECIPE["activation"]); ReLU can overwrite its input.
+# The activation after each 3x3 conv's norm; ReLU can overwrite its input.
 ACTIVATIONS = {"relu": lambda: nn.ReLU(inplace=True), "silu": nn.SiLU, "hardswish": nn.Hardswish}
 ACTIVATION_NAMES = {"relu": "ReLU", "silu": "SiLU", "hardswish": "hard-swish"}
 
@@ -271,19 +363,25 @@ def group_count(groups: int | str, channels: int) -> int:
 
 
 def make_norm(norm: str, channels: int, groups: int | str = GN_GROUPS) -> nn.Module:
+    choose("norm", norm, NORMS)
     if norm == "bn":
         return nn.BatchNorm2d(channels)
-    if norm == "gn":
-        g = group_count(groups, channels)
-        if channels % g:
-            raise NormbookError(f"GroupNorm with {g} groups needs channels divisible by it; got {channels}")
-        return nn.GroupNorm(g, channels)
-    if norm == "ln":
-        # LayerNorm for conv nets: statistics over (C, H, W) of each sample. nn.GroupNorm(1, C) does
-        # exactly that and keeps one gamma/beta per channel, like BN and GN; nn.LayerNorm([C, H, W])
-        # would learn a gamma/beta per element (C*H*W each) and tie the model to one image size.
-        return nn.GroupNorm(1, channels)
-    raise NormbookError(f"unknown norm {norm!r}: choose one of {', '.join(NORMS)}")
+    # LayerNorm for conv nets: statistics over (C, H, W) of each sample. nn.GroupNorm(1, C) does
+    # exactly that and keeps one gamma/beta per channel, like BN and GN; nn.LayerNorm([C, H, W])
+    # would learn a gamma/beta per element (C*H*W each) and tie the model to one image size.
+    g = group_count(groups, channels) if norm == "gn" else 1
+    if channels % g:
+        raise NormbookError(f"GroupNorm with {g} groups needs channels divisible by it; got {channels}")
+    return nn.GroupNorm(g, channels)
+
+
+class StandardizedConv2d(nn.Conv2d):
+    """Weight Standardization (Qiao et al. 2019): in every forward pass each output filter's weights are
+    standardized (zero mean, unit variance over input channels x kernel); no extra parameters."""
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.var(dim=(1, 2, 3), unbiased=False, keepdim=True) + 1e-5).sqrt()
+        return self._conv_forward(x, w, self.bias)
 
 
 class Residual(nn.Sequential):
@@ -293,15 +391,19 @@ class Residual(nn.Sequential):
 
 
 class Net(nn.Sequential):
-    def __init__(self, norm: str, groups: int = GN_GROUPS, widths: dict = WIDTHS, shortcuts: bool = False,
-                 activation: str = "relu"):
-        if activation not in ACTIVATIONS:
-            raise NormbookError(f"unknown activation {activation!r}: choose one of {', '.join(ACTIVATIONS)}")
+    """The exercise's network with one norm; its defaults are the recipe's."""
+
+    def __init__(self, norm: str, groups: int | str = GN_GROUPS, widths: dict | None = None,
+                 shortcuts: bool = RECIPE["shortcuts"], activation: str = RECIPE["activation"],
+                 weight_std: bool = RECIPE["weight_std"]):
+        choose("activation", activation, ACTIVATIONS)
+        conv3x3 = StandardizedConv2d if weight_std else nn.Conv2d
+        widths = widths or WIDTHS
         layers, c_in = {}, 3
         for name in LAYERS:
             if name.startswith("C"):                                   # 3x3 conv, norm, activation
                 c_out = widths[name]
-                layers[name] = nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                layers[name] = nn.Sequential(conv3x3(c_in, c_out, 3, padding=1, bias=False),
                                              make_norm(norm, c_out, groups), ACTIVATIONS[activation]())
                 c_in = c_out
             elif name in ("c3", "c6"):                                 # 1x1 transition
@@ -313,7 +415,7 @@ class Net(nn.Sequential):
             elif name == "GAP":
                 layers[name] = nn.AdaptiveAvgPool2d(1)
             elif name == "c10":
-                layers[name] = nn.Conv2d(c_in, 10, 1, bias=False)
+                layers[name] = nn.Conv2d(c_in, len(CLASSES), 1, bias=False)
         for first, last in SHORTCUTS if shortcuts else ():
             span = LAYERS[LAYERS.index(first):LAYERS.index(last) + 1]
             before = [n for n in LAYERS[:LAYERS.index(first)] if n in widths][-1]
@@ -328,6 +430,22 @@ class Net(nn.Sequential):
     def flat(self) -> list[nn.Module]:
         """The layers of LAYERS in order (shortcut blocks opened up), then the final Flatten."""
         return [m for top in self for m in (top if isinstance(top, Residual) else (top,))]
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_model(norm: str, groups: int | str | None = None, recipe: dict | None = None) -> Net:
+    """The network with `norm` in bn | gn | ln and the recipe's widths, shortcuts and activation;
+    refuses anything at or over the parameter budget."""
+    recipe = {**RECIPE, **(recipe or {})}
+    model = Net(norm, GN_GROUPS if groups is None else groups, recipe["widths"], recipe["shortcuts"],
+                recipe["activation"], recipe["weight_std"])
+    n = count_params(model)
+    if n >= MAX_PARAMS:
+        raise NormbookError(f"the {norm} model has {n:,} parameters; the budget is fewer than {MAX_PARAMS:,}")
+    return model
 
 
 def fast_memory_format(norm: str, device: torch.device):
@@ -350,22 +468,6 @@ def norm_statistics(model: nn.Module, batch_size: int) -> int:
     return total
 
 
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def build_model(norm: str, groups: int = GN_GROUPS, widths: dict = WIDTHS,
-                shortcuts: bool = RECIPE["shortcuts"], activation: str = RECIPE["activation"]) -> Net:
-    """The mission's network with `norm` in bn | gn | ln; refuses anything at or over 50,000 params."""
-    if norm not in NORMS:
-        raise NormbookError(f"unknown norm {norm!r}: choose one of {', '.join(NORMS)}")
-    model = Net(norm, groups, widths, shortcuts, activation)
-    n = count_params(model)
-    if n >= MAX_PARAMS:
-        raise NormbookError(f"the {norm} model has {n:,} parameters; the budget is fewer than {MAX_PARAMS:,}")
-    return model
-
-
 def receptive_field_table(model: nn.Module | None = None) -> list[dict]:
     """Receptive field after each named layer, read off the model's own conv and pool layers.
 
@@ -375,29 +477,26 @@ def receptive_field_table(model: nn.Module | None = None) -> list[dict]:
     rows, r, j, size = [], 1, 1, 32
     names = iter(LAYERS)
     for layer in model.flat():
-        conv = layer[0] if isinstance(layer, nn.Sequential) else layer
-        if isinstance(conv, (nn.Conv2d, nn.MaxPool2d)):
-            k = conv.kernel_size if isinstance(conv.kernel_size, int) else conv.kernel_size[0]
-            s = conv.stride if isinstance(conv.stride, int) else conv.stride[0]
-            r, j = r + (k - 1) * j, j * s
-            size //= s
-        elif isinstance(layer, nn.AdaptiveAvgPool2d):
-            r, j, size = r + (size - 1) * j, j * size, 1      # GAP sees the whole remaining map
+        op = layer[0] if isinstance(layer, nn.Sequential) else layer
+        if isinstance(op, (nn.Conv2d, nn.MaxPool2d)):
+            k, s = (v if isinstance(v, int) else v[0] for v in (op.kernel_size, op.stride))
+            r, j, size = r + (k - 1) * j, j * s, size // s
+        elif isinstance(op, nn.AdaptiveAvgPool2d):
+            k, r, j, size = "-", r + (size - 1) * j, j * size, 1      # GAP sees the whole remaining map
         else:
             continue
-        name = next(names)
-        out_ch = conv.out_channels if isinstance(conv, nn.Conv2d) else None
-        rows.append(dict(layer=name, kind=type(conv).__name__, kernel=getattr(conv, "kernel_size", None),
-                         output=f"{size}x{size}", channels=out_ch, jump=j, rf=r))
-    for row in rows:            # kernel as a plain int for printing
-        k = row["kernel"]
-        row["kernel"] = (k if isinstance(k, int) else k[0]) if k is not None else "-"
+        rows.append(dict(layer=next(names), kind=type(op).__name__, kernel=k, output=f"{size}x{size}",
+                         channels=op.out_channels if isinstance(op, nn.Conv2d) else None, jump=j, rf=r))
     return rows
 
 
 # =============================================================================================
 # Training
 # =============================================================================================
+# train() reads like the fast single-file CIFAR-10 trainers: set up, then for each epoch augment the
+# whole epoch at once and run train_epoch (a loop of train_step), then evaluate. Optional parts stay
+# out of the loop's way: WeightAverage (the recipe's `ema`), Tracer (`trace_every`) and, on a GPU,
+# cuda_graphs.CudaGraphStep, which replays the whole step as a CUDA graph.
 
 def one_cycle(step: int, total: int, peak: float, warmup: float) -> float:
     """Linear rise from 0 to peak over the first `warmup` fraction of steps, linear fall to 0 after."""
@@ -408,124 +507,161 @@ def one_cycle(step: int, total: int, peak: float, warmup: float) -> float:
 
 
 def make_optimizer(model: nn.Module, lr: float, recipe: dict) -> torch.optim.Optimizer:
+    choose("optimizer", recipe["optimizer"], OPTIMIZERS)
     # Weight decay on conv weights only: decaying norm gammas/betas fights the normalization.
-    decay = [p for n, p in model.named_parameters() if p.ndim == 4]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim != 4]
+    decay = [p for p in model.parameters() if p.ndim == 4]
+    no_decay = [p for p in model.parameters() if p.ndim != 4]
     groups = [dict(params=decay, weight_decay=recipe["weight_decay"]), dict(params=no_decay, weight_decay=0.0)]
     if recipe["optimizer"] == "AdamW":
         return torch.optim.AdamW(groups, lr=lr, betas=(recipe["momentum"], 0.999), foreach=True)
-    if recipe["optimizer"] == "SGD-Nesterov":
-        return torch.optim.SGD(groups, lr=lr, momentum=recipe["momentum"], nesterov=True, foreach=True)
-    raise NormbookError(f"unknown optimizer {recipe['optimizer']!r}: choose one of {', '.join(OPTIMIZERS)}")
+    return torch.optim.SGD(groups, lr=lr, momentum=recipe["momentum"], nesterov=True, foreach=True)
 
 
-def forward_loss(model, x_uint8, y, mean, std, layout, autocast, label_smoothing):
-    """Normalize a uint8 batch, run the model under `autocast`, return (logits, loss)."""
-    with autocast:
-        logits = model(normalize(x_uint8, mean, std, layout))
-        return logits, F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+class LossSetup(NamedTuple):
+    """What turns a uint8 batch into a loss: normalization, layout, autocast and label smoothing."""
+    mean: torch.Tensor
+    std: torch.Tensor
+    layout: torch.memory_format
+    autocast: torch.autocast
+    label_smoothing: float
 
 
-def sgd_nesterov_(opt: torch.optim.SGD, bufs: list[torch.Tensor], lr: torch.Tensor) -> None:
-    """One step of torch.optim.SGD(nesterov=True) over `opt`'s parameter groups, with the learning rate
-    in a device tensor so that a CUDA graph can replay the step under a changing schedule (SGD itself
-    reads the LR as a Python number, fixed at capture). `bufs` are the momentum buffers, zero at first."""
-    i = 0
-    for group in opt.param_groups:
-        params = group["params"]
-        grads, b = [p.grad for p in params], bufs[i:i + len(params)]
-        i += len(params)
-        if group["weight_decay"]:
-            grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
-        torch._foreach_mul_(b, group["momentum"])
-        torch._foreach_add_(b, grads)
-        update = torch._foreach_add(grads, b, alpha=group["momentum"])
-        torch._foreach_mul_(update, lr)
-        torch._foreach_sub_(params, update)
+def forward_loss(model, x_uint8, y, setup: LossSetup):
+    """Normalize a uint8 batch, run the model under autocast, return (logits, loss)."""
+    with setup.autocast:
+        logits = model(normalize(x_uint8, setup.mean, setup.std, setup.layout))
+        return logits, F.cross_entropy(logits.float(), y, label_smoothing=setup.label_smoothing)
 
 
-class CudaGraphStep:
-    """The whole training step (normalize, forward, loss, backward, update, the epoch's running sums),
-    captured once as a CUDA graph and replayed for every full batch. The network is so small that on a
-    GPU launching a step's many small kernels one by one from Python, not the arithmetic, sets the pace
-    (bench/gpu_runs.py); a replay issues them all at once. A last, smaller batch runs the step eagerly."""
+def train_step(model, opt, x, y, lr: float, setup: LossSetup, sums) -> None:
+    """One SGD step; the epoch's loss and correct counts accumulate on the device (no host sync)."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    logits, loss = forward_loss(model, x, y, setup)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sums[0].add_(loss.detach() * len(y))
+    sums[1].add_((logits.argmax(1) == y).sum())
 
-    def __init__(self, model, opt, sample_x, sample_y, sums, loss_args):
-        self.model, self.opt, self.sums, self.loss_args = model, opt, sums, loss_args
-        self.params = [p for g in opt.param_groups for p in g["params"]]
-        self.bufs = [torch.zeros_like(p) for p in self.params]
-        self.lr = torch.zeros((), device=sample_x.device)
-        self.x, self.y = sample_x.clone(), sample_y.clone()       # static inputs, refilled each step
-        # Warm up on a side stream (cuDNN chooses its kernels, autograd builds its state) at LR 0, then
-        # put back what the warm-up changed (BN running averages, momentum, sums): the run is the same.
-        saved = copy.deepcopy(model.state_dict())
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                self._step(self.x, self.y)
-        torch.cuda.current_stream().wait_stream(side)
-        model.load_state_dict(saved)
-        for t in self.bufs + list(sums):
-            t.zero_()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self._step(self.x, self.y)
 
-    def _step(self, x, y):
-        for p in self.params:
-            p.grad = None
-        logits, loss = forward_loss(self.model, x, y, *self.loss_args)
-        loss.backward()
-        with torch.no_grad():
-            sgd_nesterov_(self.opt, self.bufs, self.lr)
-            self.sums[0].add_(loss.detach() * len(y))
-            self.sums[1].add_((logits.argmax(1) == y).sum())
+class WeightAverage:
+    """An exponential moving average of the weights (and BN's running statistics), updated after every
+    step; with the recipe's `ema`, it is what gets evaluated, reported and returned."""
 
-    def __call__(self, x, y, lr: float) -> None:
-        self.lr.fill_(lr)
-        if len(y) == len(self.y):
-            self.x.copy_(x)
-            self.y.copy_(y)
-            self.graph.replay()
-        else:
-            self._step(x, y)
+    def __init__(self, model: nn.Module, decay: float):
+        self.model, self.decay = copy.deepcopy(model), decay
+        pairs = [(a, b) for a, b in zip(self.model.state_dict().values(), model.state_dict().values())
+                 if a.is_floating_point()]
+        self.averaged, self.live = [a for a, _ in pairs], [b for _, b in pairs]
+
+    def update(self) -> None:
+        torch._foreach_lerp_(self.averaged, self.live, 1.0 - self.decay)
+
+    def final(self, live_model: nn.Module) -> nn.Module:
+        """The averaged model, with the live model's counters and other non-float buffers."""
+        self.model.load_state_dict({**live_model.state_dict(), **{k: v for k, v in self.model.state_dict().items()
+                                                                  if v.is_floating_point()}})
+        return self.model
+
+
+class Tracer:
+    """Every `every` steps, per normalized layer: the scale of the norm's input (the per-channel std,
+    its mean and std over channels), the norm's gamma (mean, std), and the norm of the conv weight and
+    of its gradient. It only reads tensors, so the training arithmetic and random streams are unchanged."""
+
+    KEYS = ("act_std_mean", "act_std_std", "gamma_mean", "gamma_std", "weight_norm", "grad_norm")
+
+    def __init__(self, model: Net, every: int):
+        self.every, self.armed, self.inputs = every, False, {}
+        self.layers = {name: block for name, block in zip(LAYERS, model.flat()) if name.startswith("C")}
+        self.trace = dict(every=every, step=[], lr=[], layers={n: {k: [] for k in self.KEYS} for n in self.layers})
+        for name, (_, norm, _) in self.layers.items():
+            norm.register_forward_pre_hook(lambda mod, args, name=name: self._keep(name, args[0]))
+
+    def _keep(self, name, x):
+        if self.armed:
+            with torch.no_grad():
+                self.inputs[name] = x.detach().float().std(dim=(0, 2, 3))
+
+    def arm(self, step: int) -> None:
+        self.armed = step % self.every == 0
+
+    @torch.no_grad()
+    def record(self, step: int, lr: float) -> None:
+        if not self.armed:
+            return
+        self.trace["step"].append(step)
+        self.trace["lr"].append(lr)
+        for name, (conv, norm, _) in self.layers.items():
+            act, row = self.inputs.pop(name), self.trace["layers"][name]
+            for key, value in zip(self.KEYS, (act.mean(), act.std(), norm.weight.mean(), norm.weight.std(),
+                                              conv.weight.norm(), conv.weight.grad.norm())):
+                row[key].append(float(value))
+        self.armed = False
+
+
+def train_epoch(model, opt, step_fn, epoch_x, epoch_y, batch_size: int, lrs, setup: LossSetup, sums,
+                average: WeightAverage | None, tracer: Tracer | None, first_step: int, bar) -> tuple[float, float]:
+    """One pass over an augmented epoch; returns (mean training loss, training accuracy in %)."""
+    for t in sums:
+        t.zero_()
+    for k, (i, lr) in enumerate(zip(range(0, len(epoch_y), batch_size), lrs)):
+        if tracer:
+            tracer.arm(first_step + k)
+        step_fn(model, opt, epoch_x[i:i + batch_size], epoch_y[i:i + batch_size], lr, setup, sums)
+        if tracer:
+            tracer.record(first_step + k, lr)
+        if average:
+            average.update()
+        bar.update(1)
+    n = len(epoch_y)
+    return sums[0].item() / n, 100.0 * sums[1].item() / n
 
 
 class TrainingDiverged(RuntimeError):
     pass
 
 
-def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = 128, seed: int = 0,
+class TrainedRun(NamedTuple):
+    model: nn.Module
+    metrics: dict
+    predictions: dict    # probs (n_test, 10) of the evaluation behind final_test_acc, and the labels
+
+
+def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = MAIN_BATCH, seed: int = 0,
           data: Cifar10 | None = None, data_dir: str | Path = "data", subset: int = 0,
           groups: int | str | None = None, recipe: dict | None = None, precision: str = "auto",
-          device: str | torch.device | None = None, progress: bool = True, cuda_graphs: bool | None = None):
-    """Train one model; return (model, metrics). Nothing is written here (see save_run).
+          device: str | torch.device | None = None, progress: bool = True,
+          cuda_graphs: bool | None = None, trace_every: int = 0) -> TrainedRun:
+    """Train one model; return (model, metrics, predictions). Nothing is written here (see save_run).
 
     precision: "fp32", "bf16" (autocast) or "auto" (bf16 where the hardware has it).
-    cuda_graphs: replay each step as a CUDA graph (CudaGraphStep); default: on a CUDA device.
+    cuda_graphs: replay each step as a CUDA graph (CudaGraphStep); default: on a CUDA device with SGD.
+    trace_every: record a Tracer point every that many steps (0: off), stored as metrics["trace"].
     """
-    check_params(norm, epochs, batch_size, groups)
+    check_params(norm, epochs, batch_size, seed, subset, groups, precision)
     recipe = {**RECIPE, **(recipe or {})}
+    choose("optimizer", recipe["optimizer"], OPTIMIZERS)
+    groups = GN_GROUPS if groups is None else groups
     device = torch.device(device) if device else pick_device()
-    if precision == "auto":
-        precision = "bf16" if bf16_supported(device) else "fp32"
-    if precision not in ("fp32", "bf16"):
-        raise NormbookError(f"precision={precision!r}: choose fp32, bf16 or auto")
+    precision = ("bf16" if bf16_supported(device) else "fp32") if precision == "auto" else precision
     sgd = recipe["optimizer"] == "SGD-Nesterov"          # the graphed step implements SGD-Nesterov only
-    cuda_graphs = device.type == "cuda" and sgd if cuda_graphs is None else cuda_graphs
+    check_int("trace_every", trace_every, 0)
+    cuda_graphs = device.type == "cuda" and sgd and not trace_every if cuda_graphs is None else cuda_graphs
     if cuda_graphs and device.type != "cuda":
         raise NormbookError(f"cuda_graphs=True needs a CUDA device; got {device}")
     if cuda_graphs and not sgd:
         raise NormbookError(f"cuda_graphs=True replays SGD-Nesterov steps only, not {recipe['optimizer']}")
-    data = data or load_cifar10(data_dir, full=subset == 0)
-    data = data.subset(subset)
+    if cuda_graphs and trace_every:
+        raise NormbookError("trace_every needs eager steps: a replayed CUDA graph runs no hooks")
+    data = (data or load_cifar10(data_dir, full=subset == 0)).subset(subset)
+    check_int("batch_size", batch_size, 1, len(data.train_y))
 
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
     layout = fast_memory_format(norm, device)
-    model = build_model(norm, groups or GN_GROUPS, recipe["widths"] or WIDTHS, recipe["shortcuts"], recipe["activation"])
-    model = model.to(device).to(memory_format=layout)
+    model = build_model(norm, groups, recipe).to(device).to(memory_format=layout)
     mean, std = data.mean_std()
     mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
@@ -539,20 +675,19 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = 128, see
     # Autocast's weight-cast cache does not survive graph replays; without it, every step casts afresh.
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16",
                               cache_enabled=not cuda_graphs)
-    loss_args = (mean_t, std_t, layout, autocast, recipe["label_smoothing"])
+    setup = LossSetup(mean_t, std_t, layout, autocast, recipe["label_smoothing"])
     sums = (torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.int64))  # loss, correct
-    graph_step = (CudaGraphStep(model, opt, train_x[:batch_size], train_y[:batch_size], sums, loss_args)
-                  if cuda_graphs else None)
-    mean_fill = (mean_t * 255).round()                  # cutout's colour: the mean, 0 once normalized
-    # With recipe["ema"], an exponential moving average of the weights (and BN's running statistics)
-    # is kept after every step; it is what gets evaluated, reported and returned.
-    averaged = copy.deepcopy(model) if recipe["ema"] else model
-    if recipe["ema"]:
-        pairs = [(a, b) for a, b in zip(averaged.state_dict().values(), model.state_dict().values())
-                 if a.is_floating_point()]
-        ema_tensors, live_tensors = [a for a, _ in pairs], [b for _, b in pairs]
+    if cuda_graphs:
+        from cuda_graphs import CudaGraphStep
+        step_fn = CudaGraphStep(model, opt, train_x[:batch_size], train_y[:batch_size], sums, setup)
+    else:
+        step_fn = train_step
+    average = WeightAverage(model, recipe["ema"]) if recipe["ema"] else None
+    evaluated = average.model if average else model
+    tracer = Tracer(model, trace_every) if trace_every else None
+    cutout_fill = (mean_t * 255).round()                # the mean colour: 0 once normalized
 
-    history, step, start, train_seconds = [], 0, time.perf_counter(), 0.0
+    history, start, train_seconds = [], time.perf_counter(), 0.0
     bar = _progress(total=total, disable=not progress, desc=f"{norm} seed {seed}", unit="step", mininterval=2)
     for epoch in range(1, epochs + 1):
         model.train()
@@ -560,54 +695,28 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = 128, see
         order = torch.randperm(n, generator=gen, device=device)
         # Augment the whole epoch at once on uint8, then slice batches: cheap and vectorized.
         epoch_x = augment(train_x[order], gen, flip=recipe["flip"], translate=recipe["translate"],
-                          cutout=recipe["cutout"], fill=mean_fill)
-        epoch_y = train_y[order]
-        loss_sum, correct = sums
-        loss_sum.zero_()
-        correct.zero_()
-        for i in range(0, n, batch_size):
-            x, y = epoch_x[i:i + batch_size], epoch_y[i:i + batch_size]
-            lr = one_cycle(step, total, peak, recipe["warmup"])
-            if graph_step:
-                graph_step(x, y, lr)
-            else:
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                logits, loss = forward_loss(model, x, y, *loss_args)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                # Accumulate on the device; one host sync per epoch, not per step.
-                loss_sum += loss.detach() * len(y)
-                correct += (logits.argmax(1) == y).sum()
-            if recipe["ema"]:
-                torch._foreach_lerp_(ema_tensors, live_tensors, 1.0 - recipe["ema"])
-            step += 1
-            bar.update(1)
-        train_loss, train_acc = loss_sum.item() / n, 100.0 * correct.item() / n
+                          cutout=recipe["cutout"], fill=cutout_fill)
+        first = (epoch - 1) * steps_per_epoch
+        lrs = [one_cycle(s, total, peak, recipe["warmup"]) for s in range(first, first + steps_per_epoch)]
+        train_loss, train_acc = train_epoch(model, opt, step_fn, epoch_x, train_y[order], batch_size, lrs,
+                                            setup, sums, average, tracer, first, bar)
         train_seconds += time.perf_counter() - epoch_start      # training only, evaluation excluded
-        if not math.isfinite(train_loss):
-            bar.close()
-            raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch} of {epochs} "
-                                   f"(norm={norm}, peak_lr={peak:g}); nothing was saved")
-        row = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc,
-                   lr_end=one_cycle(step - 1, total, peak, recipe["warmup"]))
-        test = evaluate(averaged, test_x, test_y, mean_t, std_t, precision=precision,
+        test = evaluate(evaluated, test_x, test_y, mean_t, std_t, precision=precision,
                         label_smoothing=recipe["label_smoothing"])
-        row.update(test_loss=test["loss"], test_acc=test["acc"])
+        if not all(map(math.isfinite, (train_loss, test["loss"]))):
+            bar.close()
+            raise TrainingDiverged(f"the loss became non-finite in epoch {epoch} of {epochs} (train {train_loss}, "
+                                   f"test {test['loss']}; norm={norm}, peak_lr={peak:g}); nothing was saved")
+        history.append(dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, lr_end=lrs[-1],
+                            test_loss=test["loss"], test_acc=test["acc"], seconds=time.perf_counter() - start))
         bar.set_postfix(train_acc=f"{train_acc:.1f}", test_acc=f"{test['acc']:.1f}")
-        row["seconds"] = time.perf_counter() - start
-        history.append(row)
     bar.close()
     seconds = time.perf_counter() - start
 
-    if recipe["ema"]:                                  # counters and other non-float buffers: the live ones
-        averaged.load_state_dict({**model.state_dict(), **{k: v for k, v in averaged.state_dict().items()
-                                                          if v.is_floating_point()}})
-        model = averaged
+    model = average.final(model) if average else model
     final_tta = evaluate(model, test_x, test_y, mean_t, std_t, precision=precision, tta=True)
     metrics = dict(
-        norm=norm, norm_name=NORM_NAMES[norm], groups=(groups or GN_GROUPS) if norm == "gn" else None,
+        norm=norm, norm_name=NORM_NAMES[norm], groups=groups if norm == "gn" else None,
         params=count_params(model), epochs=epochs, seed=seed, batch_size=batch_size,
         history=history,
         final_train_acc=history[-1]["train_acc"], final_test_acc=history[-1]["test_acc"],
@@ -617,11 +726,13 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = 128, see
         data=data.source, n_train=n, n_test=len(test_y), mean=mean, std=std,
         recipe=recipe, peak_lr=peak, precision=precision, memory_format=str(layout).split(".")[-1],
         cuda_graphs=cuda_graphs,
-        device=_device_name(device), torch=torch.__version__, threads=torch.get_num_threads(),
+        device=device_name(device), torch=torch.__version__, threads=torch.get_num_threads(),
         seconds=seconds, images_per_s=n * epochs / seconds,
         train_seconds=train_seconds, train_images_per_s=n * epochs / train_seconds,
     )
-    return model, metrics
+    if tracer:
+        metrics["trace"] = tracer.trace
+    return TrainedRun(model, metrics, dict(probs=test["probs"].float().cpu(), labels=test_y.cpu()))
 
 
 def _progress(**kw):
@@ -629,24 +740,17 @@ def _progress(**kw):
     return tqdm(**kw)
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        name = next(l.split(":", 1)[1].strip() for l in cpuinfo.splitlines() if l.startswith("model name"))
-    except (OSError, StopIteration):
-        name = platform.processor() or platform.machine()
-    return f"CPU: {name}, {os.cpu_count()} cores"
-
-
 # =============================================================================================
 # Artifacts
 # =============================================================================================
 # Each file is written to a temporary name in the same folder and renamed over the old one, so an
-# interrupted or failed run never leaves a half-written file or destroys an earlier good one.
+# interrupted or failed write never leaves a half-written file or destroys an earlier good one. A run
+# is model.pt, predictions.pt and metrics.json, written in that order; metrics.json records the
+# SHA-256 of the other two (model.pt's together with the architecture it belongs to), so weights and
+# metrics from different runs, or a half-replaced run, are refused when read.
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -659,16 +763,28 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def _atomic_write_json(obj, path: Path) -> None:
-    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+def write_json(obj, path: Path) -> None:
+    """Atomically, and never with NaN or infinity (not JSON): such a result is refused."""
+    text = json.dumps(obj, indent=1, allow_nan=False)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def _read_jsons(folder: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+def save_tensors(obj, path: Path) -> None:
+    atomic_write(Path(path), lambda f: torch.save(obj, f))
 
 
-def _atomic_save(obj, path: Path) -> None:
-    _atomic_write(Path(path), lambda f: torch.save(obj, f))
+def read_json(path: Path) -> dict:
+    """A JSON artifact, or a one-line error naming the file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise NormbookError(f"{path} is missing") from None
+    except (OSError, ValueError) as e:
+        raise NormbookError(f"{path} is unreadable ({type(e).__name__}: {e})") from None
+
+
+def read_jsons(folder: Path, pattern: str = "*.json") -> list[dict]:
+    return [read_json(p) for p in sorted(Path(folder).glob(pattern))]
 
 
 def run_dir(out_dir: str | Path) -> Path:
@@ -676,37 +792,83 @@ def run_dir(out_dir: str | Path) -> Path:
     return out_dir if out_dir.is_absolute() else ROOT / out_dir
 
 
-def save_run(model: nn.Module, metrics: dict, out_dir: str | Path) -> Path:
-    """Write out_dir/model.pt (a plain state_dict) and out_dir/metrics.json, each atomically.
-
-    metrics.json is written last: a folder with metrics.json holds a complete run.
-    """
+def check_writable(out_dir: str | Path) -> Path:
+    """Create out_dir and prove a file can be written there, before training starts."""
     out = run_dir(out_dir)
-    plain = getattr(model, "_orig_mod", model)          # torch.compile wraps; save the plain module
-    state = {k: v.detach().cpu() for k, v in plain.state_dict().items()}
-    _atomic_save(state, out / "model.pt")
-    _atomic_write_json(metrics, out / "metrics.json")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test."):
+            pass
+    except OSError as e:
+        raise NormbookError(f"out_dir={str(out_dir)!r} is not a writable folder ({e.strerror})") from None
     return out
 
 
-def load_run(out_dir: str | Path) -> tuple[nn.Module, dict]:
-    """Rebuild a saved model from its metrics and weights: (model in eval mode, metrics)."""
+def _architecture(metrics: dict) -> str:
+    r = recorded_recipe(metrics)
+    return json.dumps(dict(norm=metrics["norm"], groups=metrics.get("groups"), widths=r["widths"] or WIDTHS,
+                           shortcuts=r["shortcuts"], activation=r["activation"],
+                           **({"weight_std": True} if r["weight_std"] else {})), sort_keys=True)
+
+
+def _sha256(path: Path, prefix: str = "") -> str:
+    return hashlib.sha256(prefix.encode() + Path(path).read_bytes()).hexdigest()
+
+
+def save_run(model: nn.Module, metrics: dict, predictions: dict, out_dir: str | Path) -> Path:
+    """Write out_dir/model.pt (a plain state_dict), predictions.pt (the final evaluation's class
+    probabilities and the test labels) and metrics.json (last, with both files' checksums)."""
     out = run_dir(out_dir)
-    metrics = json.loads((out / "metrics.json").read_text())
-    recipe = recorded_recipe(metrics)
-    model = build_model(metrics["norm"], metrics.get("groups") or GN_GROUPS, recipe["widths"] or WIDTHS,
-                        recipe["shortcuts"], recipe["activation"])
+    save_tensors({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / "model.pt")
+    save_tensors(dict(probs=predictions["probs"].float().cpu(), labels=predictions["labels"].cpu()),
+                 out / "predictions.pt")
+    return seal_run(out, metrics)
+
+
+def seal_run(out: Path, metrics: dict) -> Path:
+    """Write metrics.json with the checksums of the model.pt and predictions.pt beside it."""
+    metrics = dict(metrics, checksums={"model.pt": _sha256(out / "model.pt", _architecture(metrics)),
+                                       "predictions.pt": _sha256(out / "predictions.pt")})
+    write_json(metrics, out / "metrics.json")
+    return out
+
+
+def verify_run(out_dir: str | Path, metrics: dict | None = None) -> dict:
+    """metrics.json of a run, after checking that model.pt and predictions.pt are the ones it names."""
+    out = run_dir(out_dir)
+    metrics = metrics or read_json(out / "metrics.json")
+    sums = metrics.get("checksums")
+    if not sums:
+        raise NormbookError(f"{out / 'metrics.json'} records no checksums: it was not written by save_run")
+    for name, prefix in (("model.pt", _architecture(metrics)), ("predictions.pt", "")):
+        if not (out / name).exists():
+            raise NormbookError(f"{out / name} is missing")
+        if _sha256(out / name, prefix) != sums[name]:
+            raise NormbookError(f"{out / name} does not belong to {out / 'metrics.json'} (checksum or architecture "
+                                "differs): the run was replaced halfway or its files were mixed")
+    return metrics
+
+
+def load_run(out_dir: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild a saved, verified model from its metrics and weights: (model in eval mode, metrics)."""
+    out = run_dir(out_dir)
+    metrics = verify_run(out)
+    model = build_model(metrics["norm"], metrics.get("groups"), recorded_recipe(metrics))
     model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
     return model.eval(), metrics
 
 
+def load_predictions(out_dir: str | Path) -> dict:
+    """The verified predictions of a run's final evaluation: probs (n_test, 10) and labels (n_test,)."""
+    verify_run(out_dir)
+    return torch.load(run_dir(out_dir) / "predictions.pt", weights_only=True)
+
+
 def load_metrics(pattern: str = "*") -> list[dict]:
-    """metrics.json of every complete run under runs/ whose folder name matches `pattern`."""
+    """metrics.json of every run under runs/ whose folder name matches `pattern`."""
     rows = []
     for path in sorted((ROOT / "runs").glob(f"{pattern}/metrics.json")):
-        m = json.loads(path.read_text())
-        m["run"] = path.parent.name
-        rows.append(m)
+        rows.append(dict(read_json(path), run=path.parent.name))
     return rows
 
 
@@ -745,67 +907,139 @@ def predict(model, x_uint8, mean, std, precision="fp32", tta=False, batch_size=1
     return torch.cat(out)
 
 
+def accuracy(probs: torch.Tensor, y: torch.Tensor) -> float:
+    """Accuracy in %, computed exactly as every run computes final_test_acc."""
+    return 100.0 * (probs.argmax(1) == y.to(probs.device)).float().mean().item()
+
+
 def evaluate(model, x_uint8, y, mean, std, precision="fp32", tta=False, label_smoothing=0.0) -> dict:
-    """Loss (the training loss, label smoothing included) and accuracy in %, in eval mode."""
+    """Loss (the training loss, label smoothing included), accuracy in % and the probabilities."""
     probs = predict(model, x_uint8, mean, std, precision, tta)
     y = y.to(probs.device)
     loss = F.cross_entropy(probs.clamp_min(1e-12).log(), y, label_smoothing=label_smoothing).item()
-    return dict(loss=loss, acc=100.0 * (probs.argmax(1) == y).float().mean().item())
+    return dict(loss=loss, acc=accuracy(probs, y), probs=probs)
 
 
 def misclassified(probs: torch.Tensor, y: torch.Tensor, k: int = 10) -> list[dict]:
-    """The first k test images (in test-set order) the model gets wrong, with its confidence."""
+    """The model's k most confident mistakes, most confident first."""
     conf, pred = probs.max(1)
-    wrong = (pred != y).nonzero().flatten()[:k]
+    wrong = (pred != y).nonzero().flatten()
+    wrong = wrong[conf[wrong].argsort(descending=True, stable=True)][:k]
     return [dict(index=int(i), true=CLASSES[y[i]], pred=CLASSES[pred[i]], confidence=float(conf[i]))
             for i in wrong]
 
 
-def confusion_matrix(probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def confusion_matrix(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """counts[true, predicted] over the test set."""
-    pred = probs.argmax(1)
-    return torch.bincount(y * 10 + pred, minlength=100).reshape(10, 10)
+    return torch.bincount(labels * len(CLASSES) + probs.argmax(1), minlength=len(CLASSES) ** 2).reshape(len(CLASSES), -1)
 
 
 def per_class_accuracy(cm: torch.Tensor) -> list[float]:
     return (100.0 * cm.diag().float() / cm.sum(1).clamp_min(1).float()).tolist()
 
 
-def main_runs(pattern: str = "{norm}-s0") -> dict[str, dict]:
-    """The run of each norm that the book reports on (seed 0 by default), keyed by norm."""
+def is_full_run(m: dict) -> bool:
+    return (m["n_train"], m["n_test"], m["epochs"]) == (FULL_TRAIN, FULL_TEST, MAX_EPOCHS)
+
+
+def main_runs(seed: int = 0) -> dict[str, dict]:
+    """The run of each norm that the book reports on (seed 0), keyed by norm; refuses a missing one."""
     runs = {}
     for norm in NORMS:
-        found = load_metrics(pattern.format(norm=norm))
-        if found:
-            runs[norm] = found[0]
+        path = ROOT / "runs" / f"{norm}-s{seed}" / "metrics.json"
+        runs[norm] = dict(read_json(path), run=path.parent.name)
     return runs
 
 
-def is_full_run(m: dict) -> bool:
-    return m["n_train"] == 50_000 and m["n_test"] == 10_000 and m["epochs"] == MAX_EPOCHS
+def seed_runs(m: dict) -> list[dict]:
+    """Every full run of m's norm trained like m (same recipe, batch and groups): its error bars."""
+    return [r for r in load_metrics(f"{m['norm']}-s*") if is_full_run(r) and recorded_recipe(r) == recorded_recipe(m)
+            and (r["batch_size"], r.get("groups")) == (m["batch_size"], m.get("groups"))]
 
 
 def summary_rows() -> list[dict]:
     """One row per norm: the seed-0 run's final accuracies, and mean/std of final test accuracy (and the
-    mean with flip TTA) over every full run of that norm trained like seed 0 (same recipe, batch and
-    groups), so a half-finished change of recipe never mixes into the error bars. The book's and the
-    README's tables both come from here."""
-    import statistics
+    mean with flip TTA) over every run of that norm trained like seed 0, so a half-finished change of
+    recipe never mixes into the error bars. The book's and the README's tables both come from here."""
     rows = []
     for norm, m in main_runs().items():
-        seeds = [r for r in load_metrics(f"{norm}-s*") if is_full_run(r) and recorded_recipe(r) == recorded_recipe(m)
-                 and (r["batch_size"], r.get("groups")) == (m["batch_size"], m.get("groups"))]
+        seeds = seed_runs(m)
         accs = [r["final_test_acc"] for r in seeds]
         rows.append({
             "norm": norm, "model": NORM_NAMES[norm], "params": m["params"],
             "train_acc": m["final_train_acc"], "test_acc": m["final_test_acc"],
             "test_acc_tta": m["final_test_acc_tta"], "minutes": m["seconds"] / 60,
-            "seeds": len(accs), "test_mean": statistics.mean(accs) if accs else float("nan"),
+            "seeds": len(accs), "test_mean": statistics.mean(accs),
             "test_std": statistics.stdev(accs) if len(accs) > 1 else float("nan"),
-            "tta_mean": statistics.mean(r["final_test_acc_tta"] for r in seeds) if seeds else float("nan"),
+            "tta_mean": statistics.mean(r["final_test_acc_tta"] for r in seeds),
             "full": is_full_run(m), "data": m["data"], "device": m["device"],
         })
     return rows
+
+
+def mean_std(row: dict) -> str:
+    """'82.36 ± 0.27' over a row's seeds (or the seed-0 number alone)."""
+    return f"{row['test_mean']:.2f} ± {row['test_std']:.2f}" if row["seeds"] > 1 else f"{row['test_acc']:.2f}"
+
+
+# =============================================================================================
+# Findings
+# =============================================================================================
+# The short statements the results chapter and the README both print, computed once, here, from
+# the run artifacts: each is a dict with a `title`, a `text` and the `value` it rests on.
+
+def findings() -> list[dict]:
+    rows = {r["norm"]: r for r in summary_rows()}
+    runs = main_runs()
+    cms = {n: confusion_matrix(**load_predictions(f"runs/{m['run']}")) for n, m in runs.items()}
+    order = sorted(rows, key=lambda n: -rows[n]["test_mean"])
+    best, worst = order[0], order[-1]
+    spread = max(r["test_std"] for r in rows.values())
+    gap = rows[best]["test_mean"] - rows[worst]["test_mean"]
+    level = sorted(rows, key=lambda n: rows[n]["test_mean"])[:2]
+    diff = abs(rows[level[0]]["test_mean"] - rows[level[1]]["test_mean"])
+    out = [dict(title="Ranking", value=gap, text=" > ".join(f"{n.upper()} {mean_std(rows[n])} %" for n in order)
+                + f" (final test accuracy, mean ± std over {min(r['seeds'] for r in rows.values())} seeds): "
+                f"{best.upper()} leads {worst.upper()} by {gap:.2f} points; {level[0].upper()} and {level[1].upper()} "
+                f"differ by {diff:.2f}, " + ("below" if diff < 2 * spread else "above")
+                + f" twice the largest seed-to-seed std ({2 * spread:.2f}).")]
+    lead = {e: runs["bn"]["history"][e]["test_acc"] - max(runs[n]["history"][e]["test_acc"] for n in ("gn", "ln"))
+            for e in (0, -1)}
+    out.append(dict(title="BN learns fastest", value=lead[0], text=f"after one epoch BN leads the better of GN and "
+                    f"LN by {lead[0]:.1f} points of test accuracy, after the last by {lead[-1]:.1f} (seed 0)."))
+    pairs = {n: (cm + cm.T).triu(1) for n, cm in cms.items()}       # confusions between two classes, both ways
+    top = {n: divmod(int(p.argmax()), len(CLASSES)) for n, p in pairs.items()}
+    names = {n: f"{CLASSES[a]} ↔ {CLASSES[b]}" for n, (a, b) in top.items()}
+    out.append(dict(title="Most confused pair", value=min(int(pairs[n].max()) for n in cms), text=(
+        f"for every norm, {names['bn']}: " if len(set(names.values())) == 1 else "per norm: ")
+        + ", ".join(f"{n.upper()} {'' if len(set(names.values())) == 1 else names[n] + ' '}{int(pairs[n].max())}"
+                    for n in cms) + " test images go from one of the two to the other (seed 0)."))
+    sweep = read_jsons(ROOT / "runs" / "sweep-batch", "*-s*.json")
+    if sweep:
+        mean = {}
+        for p in sweep:
+            mean.setdefault((p["norm"], p["batch_size"]), []).append(p["final_test_acc"])
+        small, large = min(b for _, b in mean), max(b for _, b in mean)
+        drop = {n: statistics.mean(mean[n, large]) - statistics.mean(mean[n, small]) for n in NORMS}
+        out.append(dict(title="Small batches", value=drop["bn"], text=f"from batch {large} to batch {small} "
+                        f"(reduced budget: {sweep[0]['budget']['n_train']:,} images, {sweep[0]['budget']['epochs']} "
+                        "epochs) test accuracy changes by " + ", ".join(f"{n.upper()} {-drop[n]:+.2f}" for n in NORMS)
+                        + " points: only BN, whose statistics come from the batch, loses."
+                        if drop["bn"] > 0 >= max(drop["gn"], drop["ln"]) else " points."))
+    rob = read_jsons(ROOT / "runs" / "robustness")
+    if {r["norm"] for r in rob} == set(NORMS):
+        mean = lambda norm, get: statistics.mean(get(r) for r in rob if r["norm"] == norm)
+        logit = max(r["max_logit_change_scale_2"] for r in rob if r["norm"] != "bn")
+        out.append(dict(title="Contrast", value=logit, text=f"doubling the input changes GN's and LN's logits by at "
+                        f"most {logit:.0e} (they are invariant to its scale by construction); at four times the "
+                        f"contrast BN falls from {mean('bn', lambda r: r['clean_acc']):.2f} % to "
+                        f"{mean('bn', lambda r: r['scale']['4.0']):.2f} % (mean of {sum(r['norm'] == 'bn' for r in rob)} seeds)."))
+        changed = {n: mean(n, lambda r: r["batch"]["2"]["changed"]) for n in NORMS}
+        out.append(dict(title="Batch companions", value=changed["bn"], text="evaluated with batch statistics in batches "
+                        f"of 2, BN changes {changed['bn']:.1f} % of its predictions when only an image's companion "
+                        f"changes (GN {changed['gn']:.1f} %, LN {changed['ln']:.1f} %), and in one-class batches it "
+                        f"falls to {mean('bn', lambda r: r['one_class_batches_acc']):.2f} %."))
+    return out
 
 
 # =============================================================================================
@@ -819,29 +1053,64 @@ def style():
     """One look for every figure in the book."""
     import matplotlib.pyplot as plt
     import seaborn as sns
-    sns.set_theme(context="notebook", style="whitegrid")
+    sns.set_theme(context="notebook", style="whitegrid", font_scale=1.15)   # legible in a phone's column
     plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "savefig.bbox": "tight"})
 
 
-def plot_curves(runs: list[dict], title: str = ""):
-    """Loss and accuracy per epoch, train (dashed) and test (solid), one colour per norm."""
+def plot_curves(runs: list[dict], title: str = "", seeds: dict[str, list[dict]] | None = None, last: int = 6):
+    """Loss and accuracy per epoch, train (dashed) and test (solid), one colour per norm; with `seeds`
+    (norm -> runs), a third panel zooms into the last epochs' test accuracy with the band over seeds."""
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    from matplotlib.ticker import MaxNLocator
+    fig = plt.figure(figsize=(10, 7.6 if seeds else 4))
+    grid = fig.add_gridspec(2 if seeds else 1, 2)
+    axes = [fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])] + ([fig.add_subplot(grid[1, :])] if seeds else [])
     for m in runs:
         ep = [h["epoch"] for h in m["history"]]
-        c = COLORS.get(m["norm"])
-        label = m["norm"].upper()
+        c, label = COLORS.get(m["norm"]), m["norm"].upper()
         for ax, key in zip(axes, ("loss", "acc")):
             ax.plot(ep, [h[f"train_{key}"] for h in m["history"]], "--", color=c, label=f"{label} train")
-            ax.plot(ep, [h.get(f"test_{key}") for h in m["history"]], "-", color=c, label=f"{label} test")
-    from matplotlib.ticker import MaxNLocator
+            ax.plot(ep, [h[f"test_{key}"] for h in m["history"]], "-", color=c, label=f"{label} test")
+    for norm, group in (seeds or {}).items():
+        ep = [h["epoch"] for h in group[0]["history"]][-last:]
+        acc = torch.tensor([[h["test_acc"] for h in r["history"][-last:]] for r in group])
+        axes[2].fill_between(ep, acc.min(0).values, acc.max(0).values, color=COLORS[norm], alpha=0.2)
+        axes[2].plot(ep, acc.mean(0), "o-", color=COLORS[norm], label=f"{norm.upper()} (mean, {len(group)} seeds)")
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set(xlabel="epoch", ylabel="cross-entropy (label smoothing 0.1)", title="Loss")
     axes[1].set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     axes[1].legend(ncol=len(runs), fontsize=8, loc="lower right")
+    if seeds:
+        axes[2].set(xlabel="epoch", ylabel="test accuracy (%)", title=f"Test accuracy, last {last} epochs (band: seeds)")
+        axes[2].legend(fontsize=8, loc="lower right")
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_answer(rows: list[dict], sweep: list[dict]):
+    """The book's key figure: final test accuracy per norm (every seed, mean ± std), beside test accuracy
+    against batch size from the batch sweep (mean over its seeds)."""
+    import matplotlib.pyplot as plt
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.3), gridspec_kw=dict(width_ratios=(1, 1.4)))
+    for i, r in enumerate(rows):
+        accs = [m["final_test_acc"] for m in seed_runs(main_runs()[r["norm"]])]
+        left.errorbar(i, r["test_mean"], yerr=r["test_std"], fmt="o", ms=9, capsize=6, color=COLORS[r["norm"]])
+        left.scatter([i + 0.18] * len(accs), accs, s=14, color=COLORS[r["norm"]], alpha=0.6)
+    left.set_xticks(range(len(rows)), [r["model"].split(" ")[0] for r in rows])
+    left.set(ylabel="test accuracy (%)", xlim=(-0.5, len(rows) - 0.5),
+             title=f"Full runs: mean ± std, dots: {rows[0]['seeds']} seeds")
+    for norm in NORMS:
+        points = sorted((p["batch_size"], p["final_test_acc"]) for p in sweep if p["norm"] == norm)
+        batches = sorted({b for b, _ in points})
+        means = [statistics.mean(a for b2, a in points if b2 == b) for b in batches]
+        right.plot(batches, means, "o-", color=COLORS[norm], label=norm.upper())
+    right.set_xscale("log", base=2)
+    right.set_xticks(batches, [str(b) for b in batches])
+    right.set(xlabel="batch size", ylabel="test accuracy (%)", title="Shorter runs: accuracy against batch size")
+    right.legend(fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -849,344 +1118,40 @@ def plot_curves(runs: list[dict], title: str = ""):
 def plot_misclassified(x_uint8: torch.Tensor, mistakes: list[dict], title: str = ""):
     """A 5x2 grid (5 columns, 2 rows) of misclassified images, each with true, predicted, confidence."""
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, 5, figsize=(11, 6))
+    fig, axes = plt.subplots(2, 5, figsize=(10, 5.4))
     for ax, m in zip(axes.flat, mistakes):
         ax.imshow(x_uint8[m["index"]].permute(1, 2, 0).numpy(), interpolation="nearest")
-        ax.set_title(f"true: {m['true']}\npred: {m['pred']} ({100 * m['confidence']:.0f}%)", fontsize=9)
+        ax.set_title(f"true: {m['true']}\npred: {m['pred']} ({100 * m['confidence']:.0f}%)", fontsize=11)
     for ax in axes.flat:
         ax.axis("off")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=13)
     fig.tight_layout()
     return fig
 
 
 def plot_confusion(cm: torch.Tensor, title: str = "", ax=None):
+    """Row-normalised confusion matrix in % (each row: where that class's test images went)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
     if ax is None:
-        _, ax = plt.subplots(figsize=(6.5, 5.5))
-    sns.heatmap(cm.numpy(), annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax,
-                xticklabels=CLASSES, yticklabels=CLASSES, annot_kws={"fontsize": 7})
+        _, ax = plt.subplots(figsize=(6.4, 5.6))
+    pct = 100.0 * cm.float() / cm.sum(1, keepdim=True).clamp_min(1).float()
+    sns.heatmap(pct.numpy(), annot=True, fmt=".0f", cmap="Blues", cbar=False, ax=ax, vmax=30,
+                xticklabels=CLASSES, yticklabels=CLASSES, annot_kws={"fontsize": 10})
     ax.set(xlabel="predicted", ylabel="true", title=title)
     return ax
 
 
 def save_figure(fig, name: str) -> None:
     """Save to book/figures/<name>.png (atomically); the README and the book show these files."""
-    _atomic_write(ROOT / "book" / "figures" / f"{name}.png", lambda f: fig.savefig(f, format="png"))
+    atomic_write(ROOT / "book" / "figures" / f"{name}.png", lambda f: fig.savefig(f, format="png"))
 
 
-# =============================================================================================
-# Experiments
-# =============================================================================================
-# Two sweeps, each point trained from scratch with the shared recipe under a reduced CPU budget
-# that is the same for every point of both sweeps: the first 10,000 training images (1,000 per
-# class), 6 epochs, evaluated on all 10,000 test images. The learning rate follows the linear
-# scaling rule already in train(): peak_lr x batch_size / 128, for all three norms alike.
-
-SWEEP_BUDGET = dict(n_train=10_000, epochs=6)
-SWEEPS = {
-    "batch": [(norm, b, None) for b in (128, 64, 32, 16, 8, 4, 2) for norm in NORMS],   # fast points first
-    "groups": [("gn", 128, g) for g in (1, 2, 4, 8, "C/4", "C/2", "C/1")],
-}
-
-
-def sweep_dir(kind: str) -> Path:
-    return ROOT / "runs" / f"sweep-{kind}"
-
-
-def run_sweep(kind: str, seeds=(0,), data_dir: str | Path = "data", budget: dict = SWEEP_BUDGET,
-              data: Cifar10 | None = None) -> None:
-    """Train every point of sweep `kind` ("batch" or "groups") for each seed, seed by seed.
-
-    Each point is written atomically to runs/sweep-<kind>/<norm>-b<batch>-g<groups>-s<seed>.json
-    (metrics, no weights); points already there are skipped, so an interrupted sweep resumes.
-    """
-    if kind not in SWEEPS:
-        raise NormbookError(f"unknown sweep {kind!r}: choose one of {', '.join(SWEEPS)}")
-    data = (data or load_cifar10(data_dir)).subset(budget["n_train"], n_test=10_000)
-    for seed in seeds:
-        for norm, batch_size, groups in SWEEPS[kind]:
-            g = "" if groups is None else str(groups).replace("/", "")
-            path = sweep_dir(kind) / f"{norm}-b{batch_size}-g{g or 'default'}-s{seed}.json"
-            if path.exists():
-                continue
-            model, m = train(norm, epochs=budget["epochs"], batch_size=batch_size, seed=seed, data=data,
-                             groups=groups, progress=False)
-            m.update(sweep=kind, groups=groups if norm == "gn" else None, budget=budget)
-            if norm == "bn":     # the same model, evaluated with batch statistics at its training batch size
-                probs = predict(model, data.test_x, m["mean"], m["std"], m["precision"],
-                                batch_size=batch_size, batch_stats=True)
-                m["final_test_acc_batch_stats"] = 100.0 * (probs.argmax(1).cpu() == data.test_y).float().mean().item()
-            _atomic_write_json(m, path)
-            print(f"{kind} sweep: {path.name}: test {m['final_test_acc']:.2f} % in {m['seconds']:.0f} s", flush=True)
-
-
-def load_sweep(kind: str) -> list[dict]:
-    return _read_jsons(sweep_dir(kind))
-
-
-# Tuning: recipe changes compared on a validation split, never on the test set. The last 5,000
-# training images (500 per class) are held out and the other 45,000 trained on for the full 20
-# epochs; each variant changes one thing against RECIPE. Results go to runs/tune/<norm>-<name>-s<seed>.json.
-VALIDATION_IMAGES = 5_000
-TUNING = {                                       # name -> changes to RECIPE (batch_size: train()'s)
-    "recipe": {},
-    "batch 64": dict(batch_size=64),
-    "peak lr 0.05": dict(peak_lr=0.05),
-    "peak lr 0.2": dict(peak_lr=0.2),
-    "no label smoothing": dict(label_smoothing=0.0),
-    "flip only": dict(translate=0),
-    "warmup 0.1": dict(warmup=0.1),
-    "weight decay 1e-4": dict(weight_decay=1e-4),
-    "weight decay 1e-3": dict(weight_decay=1e-3),
-    "shortcuts": dict(shortcuts=True),
-    "silu": dict(activation="silu"),
-}
-# Every variant is one change to this baseline: RECIPE as it stood when tuning began (shortcuts and
-# SiLU were adopted from it), so `make tune` reproduces the committed runs.
-TUNING_BASELINE = dict(shortcuts=False, activation="relu")
-# Every variant but the activation on BN (its activation runs are GPU round 1's); on GN and LN, the
-# peak LR (the setting they are most often said to want differently) and the two changes adopted.
-TUNING_PLAN = {"bn": tuple(n for n in TUNING if n != "silu"),
-               "ln": ("recipe", "peak lr 0.05", "peak lr 0.2", "shortcuts", "silu"),
-               "gn": ("recipe", "peak lr 0.05", "peak lr 0.2", "shortcuts", "silu")}
-# More seeds (baseline and variant) for a change whose gain was consistent but within one seed's noise.
-REPEATED_TUNING = dict(plan={n: ("recipe", "shortcuts") for n in NORMS}, seeds=(1, 2))
-
-# Round 0 is the one above. Later rounds, each against RECIPE as it stood when the round began (its baseline pins it). On a GPU
-# (`make tune-gpu`), where a run takes seconds, every variant on every norm at three seeds: round 1
-# chose the activation; round 2 tried, on the recipe with shortcuts and SiLU, the levers left for the
-# accuracy targets. Round 3 ran on this CPU (`make tune`; no GPU was lent that session), from the same
-# recipe, at one seed: the two levers round 2 had not run, and those still untried (AdamW, where the
-# channels go), on BN, the norm furthest from its target, and the weight average on all three; then the
-# two layouts together, also on LN, the norm closest to its target (and there at a second seed).
-GPU_TUNING = {
-    "recipe": {},
-    "silu": dict(activation="silu"),
-    "hardswish": dict(activation="hardswish"),
-}
-GPU_TUNING_BASELINE = dict(shortcuts=True, activation="relu")
-GPU_TUNING_SEEDS = (0, 1, 2)
-GPU_TUNING_2 = {
-    "recipe": {},
-    "warmup 0.1": dict(warmup=0.1),
-    "label smoothing 0.2": dict(label_smoothing=0.2),
-    "translate 4": dict(translate=4),
-    "batch 256": dict(batch_size=256),
-    "ema 0.999": dict(ema=0.999),
-    "cutout 8": dict(cutout=8),
-}
-GPU_TUNING_2_BASELINE = dict(shortcuts=True, activation="silu")
-TUNING_3 = {
-    "recipe": {},
-    "ema 0.999": dict(ema=0.999),
-    "cutout 8": dict(cutout=8),
-    "adamw lr 0.003": dict(optimizer="AdamW", peak_lr=0.003, weight_decay=0.05),   # decoupled decay
-    "adamw lr 0.01": dict(optimizer="AdamW", peak_lr=0.01, weight_decay=0.05),
-    "adamw lr 0.03": dict(optimizer="AdamW", peak_lr=0.03, weight_decay=0.05),
-    # Parameters moved to where the feature maps are larger (more arithmetic per parameter).
-    "wide first block": dict(widths=dict(WIDTHS, C1=24, C2=24)),
-    "wide middle block": dict(widths=dict(WIDTHS, C3=32, C4=32, C5=32, C7=24, C8=24, C9=24)),
-    "wide first and middle blocks": dict(widths=dict(WIDTHS, C1=24, C2=24, C3=32, C4=32, C5=32, C7=24, C8=24, C9=24)),
-}
-ROUNDS = {   # round -> where it runs, its folder under runs/, variants, baseline, seeds, plan (norm -> names),
-             # optionally repeat: a plan of its own at more seeds
-    0: dict(device="cpu", folder="tune", variants=TUNING, baseline=TUNING_BASELINE, seeds=(0,), plan=TUNING_PLAN,
-            repeat=REPEATED_TUNING),
-    1: dict(device="cuda", folder="tune-gpu", variants=GPU_TUNING, baseline=GPU_TUNING_BASELINE,
-            seeds=GPU_TUNING_SEEDS, plan={n: tuple(GPU_TUNING) for n in NORMS}),
-    2: dict(device="cuda", folder="tune-gpu-2", variants=GPU_TUNING_2, baseline=GPU_TUNING_2_BASELINE,
-            seeds=GPU_TUNING_SEEDS, plan={n: tuple(GPU_TUNING_2) for n in NORMS}),
-    3: dict(device="cpu", folder="tune-cpu-3", variants=TUNING_3, baseline=GPU_TUNING_2_BASELINE, seeds=(0,),
-            plan={"bn": tuple(TUNING_3), "gn": ("recipe", "ema 0.999"),
-                  "ln": ("recipe", "ema 0.999", "wide first and middle blocks")},
-            # the largest gain of the round, on LN at seed 0, checked at another seed
-            repeat=dict(plan={"ln": ("recipe", "wide first and middle blocks")}, seeds=(1,))),
-}
-DEVICE_NAMES = {"cuda": "GPU", "cpu": "CPU"}
-
-
-def tune_dir(tuning_round: int = 0) -> Path:
-    return ROOT / "runs" / ROUNDS[tuning_round]["folder"]
-
-
-def run_tuning(norm: str, names=None, seed: int = 0, data_dir: str | Path = "data",
-               data: Cifar10 | None = None, holdout: int = VALIDATION_IMAGES, epochs: int = MAX_EPOCHS,
-               variants: dict = TUNING, baseline: dict = TUNING_BASELINE, folder: Path | None = None,
-               device: str | None = None) -> None:
-    """Train each named variant of `norm` (default: its TUNING_PLAN) on the validation split, as one
-    change to `baseline`; write folder/<norm>-<name>-s<seed>.json (default folder: tune_dir()).
-    Resumable like run_sweep."""
-    data = (data or load_cifar10(data_dir)).holdout(holdout)
-    folder = Path(folder or tune_dir())
-    for name in names or TUNING_PLAN[norm]:
-        path = folder / f"{norm}-{name.replace(' ', '_')}-s{seed}.json"
-        if path.exists():
-            continue
-        change = dict(variants[name])
-        batch_size = change.pop("batch_size", 128)
-        _, m = train(norm, epochs=epochs, batch_size=batch_size, seed=seed, data=data,
-                     recipe={**baseline, **change}, device=device, progress=False)
-        m.update(tuning=name, change=variants[name], tuning_baseline=baseline, evaluated_on="validation",
-                 final_val_acc=m["final_test_acc"], final_val_acc_tta=m["final_test_acc_tta"])
-        _atomic_write_json(m, path)
-        print(f"tuning {norm} {name!r} seed {seed}: validation {m['final_val_acc']:.2f} % "
-              f"in {m['seconds'] / 60:.1f} min", flush=True)
-
-
-def run_rounds(device: str, data_dir: str | Path = "data", data: Cifar10 | None = None) -> None:
-    """Each round of ROUNDS that runs on `device` ("cuda": `make tune-gpu`; "cpu": `make tune`), its plan
-    at its seeds, one seed at a time (a round cut short still compares variants on equal seeds), then
-    its repeat plan. Resumable: runs already written are skipped."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise NormbookError("make tune-gpu needs a CUDA GPU; none is visible to PyTorch")
-    data = data or load_cifar10(data_dir)
-    for r, spec in ROUNDS.items():
-        parts = [spec, spec.get("repeat", dict(seeds=()))] if spec["device"] == device else []
-        for part in parts:
-            for seed in part["seeds"]:
-                for norm, names in part["plan"].items():
-                    run_tuning(norm, names, seed=seed, data=data, variants=spec["variants"],
-                               baseline=spec["baseline"], folder=tune_dir(r), device=device)
-
-
-def load_tuning(tuning_round: int = 0) -> list[dict]:
-    """Every tuning run of a round of ROUNDS, each with `delta`:
-    its validation accuracy minus that of the baseline run ("recipe") of the same norm and seed (None
-    where that baseline has not run yet)."""
-    runs = _read_jsons(tune_dir(tuning_round))
-    base = {(t["norm"], t["seed"]): t["final_val_acc"] for t in runs if t["tuning"] == "recipe"}
-    for t in runs:
-        b = base.get((t["norm"], t["seed"]))
-        t["delta"] = None if b is None else t["final_val_acc"] - b
-    return runs
-
-
-# =============================================================================================
-# README
-# =============================================================================================
-# The README's results block is generated from the same artifacts as the book, so the two cannot
-# drift: `make readme` rewrites everything between the two markers below.
-
-README_START, README_END = "<!-- results:start (make readme) -->", "<!-- results:end -->"
-
-
-def readme_results() -> str:
-    rows = summary_rows()
-    if not rows:
-        return "_No runs yet: `make runs` trains the three models._"
-    full = all(r["full"] for r in rows)
-    lines = [] if full else ["> **Smoke runs only** (a data subset or fewer than 20 epochs): not the real results.", ""]
-    lines += [f"Final-epoch accuracy, seed 0, measured on: {'; '.join(sorted({r['data'] for r in rows}))}; "
-              f"device: {'; '.join(sorted({r['device'] for r in rows}))}.", "",
-              "| model | parameters | train acc. (%) | test acc. (%) | test acc., flip TTA (%) | test acc. over seeds (%) | minutes |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        seeds = f"{r['test_mean']:.2f} ± {r['test_std']:.2f} (n={r['seeds']})" if r["seeds"] > 1 else "—"
-        lines.append(f"| {r['model']} | {r['params']:,} | {r['train_acc']:.2f} | {r['test_acc']:.2f} | "
-                     f"{r['test_acc_tta']:.2f} | {seeds} | {r['minutes']:.1f} |")
-    lines += ["", "Train accuracy: running accuracy on the augmented training batches of the last epoch. "
-              "Test accuracy: all 10,000 test images, evaluation mode, no augmentation.", ""]
-    findings = ROOT / "runs" / "findings.json"
-    if findings.exists():
-        lines += ["**Findings** (computed by `book/results.ipynb` from the runs):", ""]
-        lines += [f"{i}. {f}" for i, f in enumerate(json.loads(findings.read_text()), 1)] + [""]
-    tuning = load_tuning()
-    if tuning:
-        base = {t["norm"]: t["final_val_acc"] for t in tuning if t["tuning"] == "recipe" and t["seed"] == 0}
-        lines += [f"**Tuning round 0, CPU** (`make tune`; one change at a time, trained on {tuning[0]['n_train']:,} training "
-                  f"images, validation accuracy on the other {tuning[0]['n_test']:,}, never the test set; data: "
-                  f"{tuning[0]['data'].split('; validation split')[0]}; baseline: the recipe as tuning began"
-                  + "".join(f", {k}={v} where lib.RECIPE now has {RECIPE[k]}" for k, v in TUNING_BASELINE.items()
-                            if RECIPE.get(k) != v) + "): "
-                  + "; ".join(f"{n.upper()} baseline {base[n]:.2f} % (seed 0), variants " + ", ".join(
-                      tuning_change(tuning, n, name) for name in dict.fromkeys(
-                          t["tuning"] for t in tuning if t["norm"] == n and t["tuning"] != "recipe"))
-                              for n in NORMS if n in base) + " points. Details in the tuning appendix.", ""]
-    for r, spec in ROUNDS.items():
-        runs = load_tuning(r) if r else []              # round 0 has the paragraph above
-        if runs:
-            seeds, repeat = spec["seeds"], "repeat" in spec
-            lines += [f"**Tuning round {r}, {DEVICE_NAMES[spec['device']]}** "
-                      f"(`make {'tune-gpu' if spec['device'] == 'cuda' else 'tune'}`, `runs/{tune_dir(r).name}/`; "
-                      f"{'; '.join(sorted({t['device'] for t in runs}))}; the same split; baseline: the recipe "
-                      "as the round began, " + ", ".join(f"{k}={v}" for k, v in spec["baseline"].items())
-                      + (f"; mean change over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1
-                         else f"; change at seed {seeds[0]}") + (" or, where marked, the mean over more" if repeat else "")
-                      + ", each against the baseline of its own seed): " + "; ".join(
-                          f"{n.upper()} " + ", ".join(tuning_change(runs, n, name, count=repeat)
-                                                      for name in spec["plan"][n] if name != "recipe")
-                          for n in NORMS if any(t["norm"] == n for t in runs)) + " points.", ""]
-    sweep = load_sweep("batch")
-    budget = (f"reduced budget: {sweep[0]['budget']['n_train']:,} images, {sweep[0]['budget']['epochs']} epochs"
-              if sweep else "reduced budget")
-    figures = [("curves", "Loss and accuracy per epoch (train dashed, test solid)")] + \
-        [(f"misclassified_{n}", f"{NORM_NAMES[n]}: 10 misclassified test images (final model)") for n in NORMS] + \
-        [("confusion", "Confusion matrices (test set)"), ("per_class", "Per-class test accuracy"),
-         ("batch_sweep", f"Experiment: test accuracy against batch size ({budget})"),
-         ("group_sweep", "Experiment: GroupNorm accuracy against group count (same reduced budget)")]
-    for name, caption in figures:
-        if (ROOT / "book" / "figures" / f"{name}.png").exists():
-            lines += [f"**{caption}**", "", f"![{caption}](book/figures/{name}.png)", ""]
-    bench = ROOT / "bench" / "results.json"
-    if bench.exists():
-        pipes = json.loads(bench.read_text())["pipelines"]
-        lines += ["**Training throughput** (`make bench`, batch 128, "
-                  f"{pipes[0]['device']}, {pipes[0]['threads']} threads):", "",
-                  "| norm | lib.py (img/s) | seed-style pipeline (img/s) | ratio | GFLOP/s | of fp32 peak |",
-                  "|---|---:|---:|---:|---:|---:|"]
-        lines += [f"| {p['norm'].upper()} | {p['lib_images_per_s']:.0f} | {p['seed_style_images_per_s']:.0f} | "
-                  f"{p['ratio']:.2f} | {p['gflops']:.1f} | {100 * p['fraction_of_fp32_peak']:.0f} % |" for p in pipes]
-        lines.append("")
-    gpu = ROOT / "bench" / "gpu_runs.json"
-    if gpu.exists():
-        g = json.loads(gpu.read_text())
-        lines.append(f"**On a GPU** (`python bench/gpu_runs.py`, {g['device']}): the three 20-epoch runs (seed 0) in "
-                     f"{g['modes']['cuda graphs']['total_wall_seconds']:.1f} s with each step replayed as a CUDA graph, "
-                     f"{g['modes']['eager']['total_wall_seconds']:.1f} s eager; final test accuracies "
-                     f"({g['modes']['cuda graphs']['runs'][0]['data']}) "
-                     + ", ".join(f"{r['norm'].upper()} {r['final_test_acc']:.2f} %" for r in g["modes"]["cuda graphs"]["runs"])
-                     + " (one seed each; see the performance appendix). " + gpu_recipe_note(g))
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def gpu_recipe_note(gpu: dict) -> str:
-    """For bench/gpu_runs.json: how its recipe differs from today's lib.RECIPE, and what that difference
-    costs in time on the GPU where the GPU tuning round measured it ("" when the recipes agree)."""
-    recorded = recorded_recipe(gpu["modes"]["cuda graphs"]["runs"][0])
-    changed = {k: v for k, v in recorded.items() if RECIPE.get(k) != v}
-    if not changed:
-        return ""
-    note = ("These runs used the recipe as it stood then: " +
-            ", ".join(f"`{k}` = {v} where `lib.RECIPE` now has {RECIPE[k]}" for k, v in changed.items()) + ". ")
-    if set(changed) == {"activation"}:
-        # Time per run, paired by norm and seed on the same GPU, so that unequal coverage cannot bias it.
-        runs = {(t["norm"], t["seed"], recorded_recipe(t)["activation"]): t["seconds"]
-                for t in load_tuning(1) if t["device"] == gpu["device"]}
-        then, now = changed["activation"], RECIPE["activation"]
-        ratios = [runs[n, s, now] / secs for (n, s, a), secs in runs.items() if a == then and (n, s, now) in runs]
-        if ratios:
-            change = sum(ratios) / len(ratios) - 1
-            note += (f"In GPU tuning round 1, on the same GPU, a run with {now} took {abs(change):.1%} "
-                     f"{'longer' if change > 0 else 'less time'} than one with {then} (mean over {len(ratios)} "
-                     f"pair{'s' * (len(ratios) > 1)} of runs, same norm and seed). ")
-    return note
-
-
-def tuning_change(tuning: list[dict], norm: str, name: str, count: bool = True) -> str:
-    """'name +0.42', or with count 'name +0.42 (mean of 2 seeds)': a variant's gain over its same-seed baselines."""
-    runs = [t for t in tuning if (t["norm"], t["tuning"]) == (norm, name)]
-    deltas = [t["delta"] for t in runs if t["delta"] is not None]
-    if not deltas:
-        return f"{name} ({'no baseline yet' if runs else 'not run yet'})"
-    return f"{name} {sum(deltas) / len(deltas):+.2f}" + (f" (mean of {len(deltas)} seeds)" if count and len(deltas) > 1 else "")
-
-
-def update_readme(path: Path = ROOT / "README.md") -> None:
-    text = path.read_text()
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    new = f"{head}{README_START}\n{readme_results()}{README_END}{tail}"
-    _atomic_write(path, lambda f: f.write(new.encode()))
+def table(df, formats: dict | None = None, precision: int = 2):
+    """A DataFrame as the book shows it: one format per column (floats to `precision` decimals unless
+    `formats` says otherwise), and the `dataframe` class that the book's stylesheet pads and scrolls."""
+    import pandas as pd
+    fmt = {c: f"{{:,.{precision}f}}" for c in df.columns if pd.api.types.is_float_dtype(df[c])}
+    fmt.update(formats or {})
+    return df.style.format(fmt, na_rep="—").hide(axis="index", names=True).set_table_attributes('class="dataframe"')

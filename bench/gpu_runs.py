@@ -11,14 +11,12 @@ and its final test accuracy. Needs a CUDA GPU; `make report` never runs it.
 """
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import lib  # noqa: E402
+import lib
 
 KEPT = ("norm", "params", "seed", "epochs", "batch_size", "n_train", "n_test", "final_train_acc", "final_test_acc",
         "final_test_acc_tta", "seconds", "train_seconds", "train_images_per_s", "precision", "memory_format",
@@ -35,18 +33,18 @@ def main() -> None:
 
     data = lib.load_cifar10(args.data)
     result = dict(what="three 20-epoch runs (seed 0), one after another in one process, per mode",
-                  device=lib._device_name(torch.device("cuda")), torch=torch.__version__, modes={})
+                  device=lib.device_name(torch.device("cuda")), torch=torch.__version__, modes={})
     for mode, graphs in (("cuda graphs", True), ("eager", False)):
         runs = []
         for norm in lib.NORMS:
             start = time.perf_counter()
-            _, m = lib.train(norm, seed=0, data=data, device="cuda", progress=False, cuda_graphs=graphs)
+            m = lib.train(norm, seed=0, data=data, device="cuda", progress=False, cuda_graphs=graphs).metrics
             run = {k: m[k] for k in KEPT}
             run["wall_seconds"] = time.perf_counter() - start
             runs.append(run)
             print(mode, json.dumps({k: run[k] for k in ("norm", "wall_seconds", "seconds", "final_test_acc")}), flush=True)
         result["modes"][mode] = dict(total_wall_seconds=sum(r["wall_seconds"] for r in runs), runs=runs)
-        lib._atomic_write_json(result, Path(args.out))       # after each mode: a later failure keeps this one
+        lib.write_json(result, Path(args.out))       # after each mode: a later failure keeps this one
 
     print(f"\n{'mode':12} {'norm':4} {'wall s':>7} {'train s':>8} {'img/s':>8} {'test %':>7}")
     for mode, res in result["modes"].items():

@@ -23,8 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import lib  # noqa: E402
+import lib
 
 
 def cpu_clock_ghz() -> float:
@@ -97,7 +96,7 @@ def step_images_per_s(norm, layout, precision, batch_size=128, steps=12, group_n
     group_norm: a GroupNorm subclass to use instead of nn.GroupNorm (see swap_group_norm);
     activation: one of lib.ACTIVATIONS instead of the recipe's; compiled: the model under torch.compile.
     warm_up, if given, receives the seconds of the 3 untimed warm-up steps (compilation happens there)."""
-    model = lib.build_model(norm, activation=activation or lib.RECIPE["activation"])
+    model = lib.build_model(norm, recipe=dict(activation=activation or lib.RECIPE["activation"]))
     if group_norm is not None:
         model = swap_group_norm(model, group_norm)
     model = model.to(memory_format=layout).train()
@@ -217,7 +216,7 @@ def compile_table(repeats=2, steps=30) -> list[dict]:
 
 def lib_images_per_s(norm, data, n_images, batch_size=128) -> tuple[float, str]:
     lib.train(norm, epochs=1, batch_size=batch_size, data=data, subset=batch_size * 8, progress=False)  # warm-up
-    _, m = lib.train(norm, epochs=1, batch_size=batch_size, data=data, subset=n_images, progress=False)
+    m = lib.train(norm, epochs=1, batch_size=batch_size, data=data, subset=n_images, progress=False).metrics
     return m["train_images_per_s"], f"{m['precision']}, {m['memory_format']}"
 
 
@@ -245,7 +244,7 @@ def main():
                  ratio=round(ours / seed, 2), gflops=round(gflops, 1), peak_fp32_gflops=round(peak, 1),
                  fraction_of_fp32_peak=round(gflops / peak, 3), lib_setting=setting, batch_size=128,
                  images_timed=args.images, threads=torch.get_num_threads(), cores=cores, clock_ghz=round(ghz, 3),
-                 torch=torch.__version__, device=lib._device_name(torch.device("cpu")))
+                 torch=torch.__version__, device=lib.device_name(torch.device("cpu")))
         results.append(r)
         print(json.dumps(r), flush=True)
 
@@ -258,7 +257,7 @@ def main():
     group_norm = group_norm_table()
     activations = activation_table()
     compiled = compile_table()
-    lib._atomic_write(Path(args.out), lambda f: f.write(json.dumps(
+    lib.atomic_write(Path(args.out), lambda f: f.write(json.dumps(
         dict(pipelines=results, options=options, group_norm=group_norm, activations=activations,
              compiled=compiled, recipe=lib.RECIPE), indent=1).encode()))
 

@@ -1,14 +1,12 @@
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import lib
 
-import lib  # noqa: E402
+ROOT = lib.ROOT
 
 
 def make_image_folder(root: Path, train_per_class=3, test_per_class=2, classes=lib.CLASSES, size=32) -> Path:
@@ -40,3 +38,8 @@ def tiny_data():
         return x, y
     (tx, ty), (vx, vy) = split(200), split(100)
     return lib.Cifar10(tx, ty, vx, vy, "synthetic test data")
+
+
+def train_tiny(data, norm="bn", **kw):
+    """One quick fp32 epoch on tiny data: a TrainedRun."""
+    return lib.train(norm, **{"epochs": 1, "batch_size": 50, "data": data, "precision": "fp32", "progress": False, **kw})

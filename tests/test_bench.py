@@ -1,13 +1,8 @@
 """bench/throughput.py: its alternative GroupNorm implementations compute what nn.GroupNorm does."""
-import sys
-
 import pytest
 import torch
 
-from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "bench"))
-import throughput  # noqa: E402
+from bench import throughput
 
 
 @pytest.mark.parametrize("cls", [throughput.GroupNormFp32Input, throughput.GroupNormViaBatchNorm,

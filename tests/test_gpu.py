@@ -4,6 +4,7 @@ import copy
 import pytest
 import torch
 
+import cuda_graphs
 import lib
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -30,18 +31,18 @@ def replay_mismatch(norm: str) -> float:
     opt, twin_opt = lib.make_optimizer(model, 0.1, recipe), lib.make_optimizer(twin, 0.1, recipe)
     batch = lambda: (torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, device=dev),
                      torch.randint(0, 10, (64,), device=dev))
-    loss_args = (torch.tensor([0.5] * 3, device=dev), torch.tensor([0.25] * 3, device=dev), layout,
-                 torch.autocast("cuda", enabled=False), 0.1)
+    setup = lib.LossSetup(torch.tensor([0.5] * 3, device=dev), torch.tensor([0.25] * 3, device=dev), layout,
+                          torch.autocast("cuda", enabled=False), 0.1)
     sums = (torch.zeros((), device=dev), torch.zeros((), device=dev, dtype=torch.int64))
-    graph_step = lib.CudaGraphStep(model, opt, *batch(), sums, loss_args)   # its warm-up leaves no trace
+    graph_step = cuda_graphs.CudaGraphStep(model, opt, *batch(), sums, setup)   # its warm-up leaves no trace
     worst = 0.0
     for lr in (0.1, 0.05, 0.02):
         x, y = batch()
         before = [t.detach().clone() for t in twin.state_dict().values()]
-        graph_step(x, y, lr)
+        graph_step(model, opt, x, y, lr, setup, sums)
         for g in twin_opt.param_groups:
             g["lr"] = lr
-        _, loss = lib.forward_loss(twin, x, y, *loss_args)
+        _, loss = lib.forward_loss(twin, x, y, setup)
         twin_opt.zero_grad(set_to_none=True)
         loss.backward()
         twin_opt.step()
@@ -68,7 +69,7 @@ def test_a_replayed_step_updates_like_torch_sgd(norm):
 
 def test_the_check_above_sees_an_update_that_leaves_out_a_term(monkeypatch):
     # The same comparison, with the weight decay dropped from the replayed update only, must fail by far.
-    sgd_step = lib.sgd_nesterov_
+    sgd_step = cuda_graphs.sgd_nesterov_
 
     def without_decay(opt, bufs, lr):
         saved = [g["weight_decay"] for g in opt.param_groups]

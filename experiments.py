@@ -1,0 +1,177 @@
+"""Experiments as data: every tuning round and sweep is a plan file, runs/<folder>/plan.json, and this
+one runner trains what a plan names and its folder lacks (resumable: done runs are kept).
+
+A plan holds:
+  title       what the experiment asks
+  device      "cpu", "cuda" or "any": where it is meant to run (`make tune` runs the "cpu" plans)
+  data        {"holdout": n}: train on all but the last n training images and evaluate on those n
+              (a validation split; the test set is never touched), or {"n_train": n}: train on the
+              first n training images and evaluate on the whole test set (a reduced budget)
+  epochs      training epochs of every run
+  baseline    changes to lib.RECIPE shared by every run (the recipe as the experiment began)
+  variants    name -> one change on top of the baseline (a recipe key, or batch_size / groups)
+  parts       [{"seeds": [...], "runs": [[norm, variant], ...]}, ...], trained seed by seed, part by part
+  bn_batch_stats  optional: also evaluate BN with the statistics of test batches of its training size
+
+A new round is a new plan file:  python experiments.py run runs/<folder>
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+from pathlib import Path
+
+import torch
+
+import lib
+
+PLAN_KEYS = {"title", "device", "data", "epochs", "baseline", "variants", "parts"}
+RUN_KEYS = {"batch_size", "groups"}                       # a variant may change these besides the recipe
+TARGETS = {"bn": 85.0, "gn": 83.0, "ln": 82.0}            # engineering goals: final test accuracy (%), mean of seeds
+
+
+def plan_dirs() -> list[Path]:
+    return sorted(p.parent for p in (lib.ROOT / "runs").glob("*/plan.json"))
+
+
+def load_plan(folder: str | Path) -> dict:
+    """A plan, checked: known keys, every run names a norm and a variant, every variant a known setting."""
+    folder = lib.run_dir(folder)
+    plan = lib.read_json(folder / "plan.json")
+    where = folder / "plan.json"
+    if not PLAN_KEYS <= set(plan):
+        raise lib.NormbookError(f"{where} lacks {', '.join(sorted(PLAN_KEYS - set(plan)))}")
+    lib.choose(f"device in {where}", plan["device"], ("cpu", "cuda", "any"))
+    if set(plan["data"]) not in ({"holdout"}, {"n_train"}):
+        raise lib.NormbookError(f"{where}: data must be {{\"holdout\": n}} or {{\"n_train\": n}}")
+    for name, change in plan["variants"].items():
+        unknown = set(change) - set(lib.RECIPE) - RUN_KEYS
+        if unknown:
+            raise lib.NormbookError(f"{where}: variant {name!r} changes unknown settings {sorted(unknown)}")
+    for part in plan["parts"]:
+        for norm, name in part["runs"]:
+            lib.choose(f"norm in {where}", norm, lib.NORMS)
+            lib.choose(f"variant in {where}", name, plan["variants"])
+    return plan
+
+
+def run_path(folder: Path, norm: str, name: str, seed: int) -> Path:
+    return folder / f"{norm}-{name.replace(' ', '_')}-s{seed}.json"
+
+
+def settings(plan: dict, name: str) -> tuple[dict, int, int | str | None]:
+    """A variant's (recipe, batch size, groups)."""
+    change = dict(plan["variants"][name])
+    batch_size, groups = change.pop("batch_size", lib.MAIN_BATCH), change.pop("groups", None)
+    return {**lib.RECIPE, **plan["baseline"], **change}, batch_size, groups
+
+
+def planned(folder: str | Path) -> list[tuple[Path, str, str, int]]:
+    """Every run of a plan, in training order: (artifact path, norm, variant, seed)."""
+    folder = lib.run_dir(folder)
+    plan = load_plan(folder)
+    return [(run_path(folder, norm, name, seed), norm, name, seed)
+            for part in plan["parts"] for seed in part["seeds"] for norm, name in part["runs"]]
+
+
+def missing(folder: str | Path) -> list[tuple[Path, str, str, int]]:
+    return [r for r in planned(folder) if not r[0].exists()]
+
+
+def run_plan(folder: str | Path, data: lib.Cifar10 | None = None, data_dir: str | Path = "data",
+             device: str | None = None) -> int:
+    """Train the runs of a plan that its folder lacks; each is written atomically when done. Returns
+    how many were trained."""
+    folder = lib.run_dir(folder)
+    plan, todo = load_plan(folder), missing(folder)
+    if not todo:
+        return 0
+    if plan["device"] == "cuda" and (device or lib.pick_device().type) != "cuda":
+        raise lib.NormbookError(f"{folder.name} runs on a CUDA GPU; none is visible to PyTorch")
+    data = data or lib.load_cifar10(data_dir)
+    split = plan["data"]
+    data = data.holdout(split["holdout"]) if "holdout" in split else data.subset(split["n_train"], n_test=lib.FULL_TEST)
+    for path, norm, name, seed in todo:
+        recipe, batch_size, groups = settings(plan, name)
+        model, m, predictions = lib.train(norm, epochs=plan["epochs"], batch_size=batch_size, seed=seed, data=data,
+                                          groups=groups, recipe=recipe, device=device, progress=False)
+        if "holdout" in split:
+            m.update(tuning=name, change=plan["variants"][name], tuning_baseline=plan["baseline"],
+                     evaluated_on="validation", final_val_acc=m["final_test_acc"],
+                     final_val_acc_tta=m["final_test_acc_tta"])
+        else:
+            m.update(sweep=folder.name.removeprefix("sweep-"), groups=groups if norm == "gn" else None,
+                     budget=dict(n_train=split["n_train"], epochs=plan["epochs"]))
+        if plan.get("bn_batch_stats") and norm == "bn":   # the same model, with the statistics of test batches
+            probs = lib.predict(model, data.test_x, m["mean"], m["std"], m["precision"], batch_size=batch_size,
+                                batch_stats=True)
+            m["final_test_acc_batch_stats"] = lib.accuracy(probs, data.test_y)
+        lib.write_json(m, path)
+        print(f"{folder.name}: {path.name}: {m['final_test_acc']:.2f} % in {m['seconds'] / 60:.1f} min", flush=True)
+    return len(todo)
+
+
+def load_results(folder: str | Path) -> list[dict]:
+    """Every finished run of a plan; tuning runs get `delta`: validation accuracy minus that of the
+    baseline run ("recipe") of the same norm and seed (None where that baseline has not run yet)."""
+    runs = [lib.read_json(path) for path, *_ in planned(folder) if path.exists()]
+    base = {(t["norm"], t["seed"]): t["final_val_acc"] for t in runs if t.get("tuning") == "recipe"}
+    for t in runs:
+        if "tuning" in t:
+            b = base.get((t["norm"], t["seed"]))
+            t["delta"] = None if b is None else t["final_val_acc"] - b
+    return runs
+
+
+def noise_threshold(folder: str | Path = "runs/tune") -> tuple[float, float]:
+    """(sigma, threshold): the seed-to-seed standard deviation of one baseline run on the validation
+    split, pooled over norms, and two standard deviations of a difference of two single runs."""
+    base = {}
+    for t in load_results(folder):
+        if t["tuning"] == "recipe":
+            base.setdefault(t["norm"], []).append(t["final_val_acc"])
+    sigma = math.sqrt(statistics.mean(statistics.variance(v) for v in base.values() if len(v) > 1))
+    return sigma, 2 * math.sqrt(2) * sigma
+
+
+def add_predictions(out_dir: str | Path, data: lib.Cifar10) -> None:
+    """For a run saved before runs kept their predictions: evaluate its saved weights exactly as the run
+    did (its precision, eval mode, batches of 1,000) and, only if that gives back its recorded final test
+    loss and accuracy to the last bit, save predictions.pt and the checksums beside them."""
+    out = lib.run_dir(out_dir)
+    m = lib.read_json(out / "metrics.json")
+    model = lib.build_model(m["norm"], m.get("groups"), lib.recorded_recipe(m))
+    model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    test_x, test_y = data.test_x[:m["n_test"]], data.test_y[:m["n_test"]]
+    ev = lib.evaluate(model, test_x, test_y, m["mean"], m["std"], m["precision"],
+                      label_smoothing=lib.recorded_recipe(m)["label_smoothing"])
+    if (ev["acc"], ev["loss"]) != (m["final_test_acc"], m["final_test_loss"]):
+        raise lib.NormbookError(f"{out}: re-evaluation gives {ev['acc']}/{ev['loss']}, the run recorded "
+                                f"{m['final_test_acc']}/{m['final_test_loss']}; predictions not saved")
+    lib.save_tensors(dict(probs=ev["probs"].float(), labels=test_y), out / "predictions.pt")
+    lib.seal_run(out, m)            # model.pt stays byte for byte as the run wrote it
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=("run", "device", "status"), help="run: the plans in FOLDERS; device: every "
+                    "plan meant for DEVICE; status: what each plan still lacks")
+    ap.add_argument("targets", nargs="*", help="plan folders (run) or one of cpu / cuda / any (device)")
+    ap.add_argument("--data", default="data", help="CIFAR-10 folder, as for lib.load_cifar10")
+    args = ap.parse_args(argv)
+    if args.what == "status":
+        for folder in plan_dirs():
+            print(f"{folder.name}: {len(planned(folder)) - len(missing(folder))} of {len(planned(folder))} runs done")
+        return
+    folders = ([lib.run_dir(f) for f in args.targets] if args.what == "run" else
+               [f for f in plan_dirs() if load_plan(f)["device"] in args.targets])
+    data = None
+    for folder in folders:
+        if missing(folder):
+            data = data or lib.load_cifar10(args.data)
+            run_plan(folder, data=data, device="cuda" if load_plan(folder)["device"] == "cuda" else None)
+
+
+if __name__ == "__main__":
+    main()

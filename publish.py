@@ -1,0 +1,69 @@
+"""What the report publishes besides the book: the README's generated results block (`make readme`) and
+the Colab cell at the top of every notebook (`make analysis`), both from the artifacts and _config.yml."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from lib import NORM_NAMES, NORMS, ROOT, NormbookError, atomic_write, findings, mean_std, summary_rows
+
+README_START, README_END = "<!-- results:start (make readme) -->", "<!-- results:end -->"
+
+
+def readme_results() -> str:
+    """The README's generated block: headline table, figures and findings, from the artifacts."""
+    rows = summary_rows()
+    lines = [f"Final-epoch accuracy on {'; '.join(sorted({r['data'] for r in rows}))}; "
+             f"{'; '.join(sorted({r['device'] for r in rows}))}.", "",
+             "| model | parameters | train acc. (%) | test acc. (%) | test acc., mean ± std over seeds (%) |",
+             "|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {r['params']:,} | {r['train_acc']:.2f} | {r['test_acc']:.2f} | "
+              f"{mean_std(r)} (n={r['seeds']}) |" for r in rows]
+    lines += ["", "Train and test accuracy: seed 0. Train: running accuracy on the augmented batches of the last "
+              "epoch; test: all 10,000 test images, evaluation mode, no augmentation.", "", "**Findings**", ""]
+    lines += [f"{i}. **{f['title']}**: {f['text']}" for i, f in enumerate(findings(), 1)]
+    lines += ["", "![Training curves](book/figures/curves.png)", ""]
+    lines += [f"![{NORM_NAMES[n]}: its ten most confident mistakes](book/figures/misclassified_{n}.png)" for n in NORMS]
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(path: Path = ROOT / "README.md") -> None:
+    text = path.read_text()
+    if README_START not in text or README_END not in text:
+        raise NormbookError(f"{path} lacks the markers {README_START} and {README_END}")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    new = f"{head}{README_START}\n{readme_results()}{README_END}{tail}"
+    atomic_write(path, lambda f: f.write(new.encode()))
+
+
+
+def colab_cell() -> str:
+    """The first cell of every notebook: where the repository is not around it (e.g. in Colab), fetch it
+    and install what the book needs on top of Colab's PyTorch; elsewhere it does nothing. The URL comes
+    from _config.yml, its one home in the repository."""
+    import yaml
+    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    return (f"# Only where the repository is not around this notebook (e.g. in Colab): fetch it, install what it needs.\n"
+            f"import importlib.util, os, subprocess, sys\n"
+            f"if importlib.util.find_spec(\"lib\") is None:\n"
+            f"    subprocess.run([\"git\", \"clone\", \"--depth\", \"1\", \"{url}\", \"normbook\"], check=True)\n"
+            f"    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\", \"torchinfo\", \"myst-nb\"], check=True)\n"
+            f"    os.chdir(\"normbook\")   # lib.py is importable from here")
+
+
+def write_colab_cells(paths=None) -> None:
+    """Make the first cell of each notebook colab_cell() (hidden on the site)."""
+    import nbformat
+    for path in paths or sorted((ROOT / "book").glob("**/*.ipynb")):
+        if "_build" in path.parts:
+            continue
+        nb = nbformat.read(path, as_version=4)
+        cell = nbformat.v4.new_code_cell(colab_cell(), metadata={"tags": ["remove-cell"]})
+        first = nb.cells[0]
+        if first.cell_type == "code" and "find_spec(\"lib\")" in first.source:
+            if first.source == cell.source:
+                continue
+            nb.cells[0] = cell
+        else:
+            nb.cells.insert(0, cell)
+        nbformat.write(nb, path)

@@ -1,0 +1,170 @@
+"""Why the norms differ, measured on the saved models: evaluation under shifted inputs and with other
+batch companions. Nothing here trains; `make robustness` writes runs/robustness/<norm>-s<seed>.json.
+
+- input scale: the normalized input multiplied by a (contrast about the training mean), and the raw
+  image shifted in brightness;
+- corruptions generated like CIFAR-10-C (Hendrycks & Dietterich 2019) with torchvision on the test
+  set, five severities each: regenerated here, not the published CIFAR-10-C files;
+- BN's repair: its running statistics recomputed on the shifted test images, no labels (AdaBN, Li et
+  al. 2016);
+- batch dependence: BN with batch statistics at several batch sizes, and with one-class batches; the
+  fraction of test images whose prediction changes when only their batch companions change.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import lib
+
+SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
+BRIGHTNESS = (-0.3, -0.15, 0.0, 0.15, 0.3)          # added to the raw image, in [0, 1] units
+BATCH_SIZES = (1, 2, 8, 32, 128)
+BATCH_TEST_IMAGES = 2000                             # the first 2,000 test images, 200 per class
+SEVERITIES = (1, 2, 3, 4, 5)
+# Per-severity parameters, after CIFAR-10-C's own (their code: make_cifar_c.py).
+CORRUPTIONS = {
+    "gaussian noise": (0.04, 0.06, 0.08, 0.09, 0.10),      # std of added noise, [0, 1] units
+    "gaussian blur": (0.4, 0.6, 0.7, 0.8, 1.0),            # std of the blur kernel, pixels
+    "jpeg": (80, 65, 58, 50, 40),                           # JPEG quality
+    "contrast": (0.75, 0.5, 0.4, 0.3, 0.15),                # factor about each image's mean
+    "brightness": (0.1, 0.2, 0.3, 0.4, 0.5),                # added to every pixel, [0, 1] units
+    "pixelate": (0.95, 0.9, 0.85, 0.75, 0.65),              # downscale factor, then back up
+}
+
+
+def corrupt(x: torch.Tensor, name: str, severity: int, seed: int = 0) -> torch.Tensor:
+    """A corrupted copy of uint8 images (N, 3, 32, 32), deterministic for a seed, still uint8 in [0, 255]."""
+    import torchvision.transforms.v2.functional as TF
+    lib.choose("corruption", name, CORRUPTIONS)
+    p = CORRUPTIONS[name][severity - 1]
+    f = x.float() / 255
+    if name == "gaussian noise":
+        f = f + p * torch.randn(f.shape, generator=torch.Generator().manual_seed(seed))
+    elif name == "gaussian blur":
+        f = TF.gaussian_blur(f, kernel_size=[2 * round(3 * p) + 1] * 2, sigma=[p, p])
+    elif name == "contrast":
+        mean = f.mean(dim=(1, 2, 3), keepdim=True)
+        f = (f - mean) * p + mean
+    elif name == "brightness":
+        f = f + p
+    elif name == "pixelate":
+        small = round(32 * p)
+        f = F.interpolate(F.interpolate(f, size=small, mode="area"), size=32, mode="nearest")
+    elif name == "jpeg":
+        return torch.stack([_jpeg(img, p) for img in x])
+    return (f.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def _jpeg(img: torch.Tensor, quality: int) -> torch.Tensor:
+    from PIL import Image
+    import numpy as np
+    buf = io.BytesIO()
+    Image.fromarray(img.permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=quality)
+    with Image.open(buf) as im:
+        return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
+
+
+@torch.inference_mode()
+def logits(model, x_float: torch.Tensor, precision: str, batch_size: int = 1000) -> torch.Tensor:
+    """Logits of already normalized images, in eval mode (BN layers as they are set)."""
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    layout = lib.fast_memory_format(model.norm, torch.device("cpu"))
+    out = []
+    with autocast:
+        for i in range(0, len(x_float), batch_size):
+            out.append(model(x_float[i:i + batch_size].contiguous(memory_format=layout)).float())
+    return torch.cat(out)
+
+
+def recalibrated(model: nn.Module, x_float: torch.Tensor, precision: str) -> nn.Module:
+    """A copy of a BN model whose running statistics are recomputed on x (no labels): AdaBN."""
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None                   # a plain average over all batches
+            m.train()
+    logits(model, x_float, precision, batch_size=500)
+    return model.eval()
+
+
+def batch_stats(model: nn.Module) -> nn.Module:
+    """A copy that normalizes with the statistics of each evaluation batch (BN as in training)."""
+    model = copy.deepcopy(model).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.train()
+    return model
+
+
+def batch_dependence(model, x_float, y, precision: str, batch_size: int, seed: int = 0) -> dict:
+    """Accuracy with batch statistics in random batches of `batch_size`, and the fraction of images
+    whose prediction changes when the same images are put into other random batches."""
+    torch.manual_seed(seed)                     # BN in train mode updates nothing here (a copy); no dropout
+    model = batch_stats(model)
+    preds = []
+    for k in range(2):
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + k))
+        pred = torch.empty_like(y)
+        pred[order] = logits(model, x_float[order], precision, batch_size).argmax(1)
+        preds.append(pred)
+    return dict(acc=100.0 * (preds[0] == y).float().mean().item(),
+                changed=100.0 * (preds[0] != preds[1]).float().mean().item())
+
+
+def evaluate_run(run: str, data: lib.Cifar10, shifted: dict[str, torch.Tensor]) -> dict:
+    """Every measurement of one saved model; `shifted` holds the corrupted test sets by 'name/severity'."""
+    model, m = lib.load_run(f"runs/{run}")
+    mean, std = torch.tensor(m["mean"]), torch.tensor(m["std"])
+    prec, y = m["precision"], data.test_y
+    norm = lambda x_uint8: lib.normalize(x_uint8, mean, std)
+    acc = lambda net, x: 100.0 * (logits(net, x, prec).argmax(1) == y).float().mean().item()
+    clean = norm(data.test_x)
+    out = dict(run=run, norm=m["norm"], seed=m["seed"], data=m["data"], precision=prec, n_test=len(y),
+               clean_acc=acc(model, clean))
+    out["scale"] = {str(a): acc(model, a * clean) for a in SCALES}
+    with torch.inference_mode():                # the invariance itself, in fp32 so no bf16 rounding hides it
+        one, two = logits(model, clean[:1000], "fp32"), logits(model, 2 * clean[:1000], "fp32")
+    out["max_logit_change_scale_2"] = (two - one).abs().max().item()
+    out["brightness"] = {str(b): acc(model, norm(((data.test_x.float() / 255 + b).clamp(0, 1) * 255).round()
+                                                 .to(torch.uint8))) for b in BRIGHTNESS}
+    out["corruptions"] = {key: acc(model, norm(x)) for key, x in shifted.items()}
+    if m["norm"] == "bn":
+        out["corruptions_recalibrated"] = {key: acc(recalibrated(model, norm(x), prec), norm(x))
+                                           for key, x in shifted.items()}
+    n = BATCH_TEST_IMAGES                       # batch size 1 means one forward pass per image: a subset
+    out["batch"] = {str(b): batch_dependence(model, clean[:n], y[:n], prec, b) for b in BATCH_SIZES}
+    out["batch_test_images"] = n
+    by_class = torch.argsort(y * len(y) + torch.arange(len(y)))          # batches of one class each
+    pred = torch.empty_like(y)
+    pred[by_class] = logits(batch_stats(model), clean[by_class], prec, 100).argmax(1)
+    out["one_class_batches_acc"] = 100.0 * (pred == y).float().mean().item()
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="data")
+    ap.add_argument("--runs", nargs="*", help="run folders under runs/ (default: every main run)")
+    args = ap.parse_args(argv)
+    runs = args.runs or [m["run"] for m in lib.load_metrics("*-s[0-9]")]
+    todo = [r for r in runs if not (lib.ROOT / "runs" / "robustness" / f"{r}.json").exists()]
+    if not todo:
+        return
+    data = lib.load_cifar10(args.data)
+    shifted = {f"{name}/{s}": corrupt(data.test_x, name, s) for name in CORRUPTIONS for s in SEVERITIES}
+    for run in todo:
+        result = evaluate_run(run, data, shifted)
+        lib.write_json(result, lib.ROOT / "runs" / "robustness" / f"{run}.json")
+        print(f"robustness {run}: clean {result['clean_acc']:.2f} %, mean corruption "
+              f"{sum(result['corruptions'].values()) / len(result['corruptions']):.2f} %", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Artifacts: a run is written atomically, its files are tied together, and a bad one is refused."""
+import json
+import shutil
+
+import pytest
+import torch
+
+import lib
+from conftest import train_tiny
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, tiny_data_module):
+    run = train_tiny(tiny_data_module, "gn")
+    return run, lib.save_run(*run, tmp_path_factory.mktemp("runs") / "gn")
+
+
+@pytest.fixture(scope="module")
+def tiny_data_module():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (200, 3, 32, 32), generator=g, dtype=torch.uint8)
+    y = torch.arange(200) % 10
+    return lib.Cifar10(x, y, x[:100], y[:100], "synthetic test data")
+
+
+def test_save_and_load_round_trip(saved, tiny_data_module):
+    (model, m, predictions), out = saved
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.pt", "predictions.pt"]
+    loaded, metrics = lib.load_run(out)
+    assert {k: v for k, v in metrics.items() if k != "checksums"} == json.loads(json.dumps(m))
+    x = lib.normalize(tiny_data_module.test_x[:8], torch.tensor(m["mean"]), torch.tensor(m["std"]))
+    assert torch.allclose(loaded(x), model.eval()(x), atol=1e-5)
+    p = lib.load_predictions(out)
+    assert lib.accuracy(p["probs"], p["labels"]) == m["final_test_acc"]
+
+
+def test_other_widths_load_back_with_them(tiny_data, tmp_path):
+    widths = dict(lib.WIDTHS, C1=24, C2=24)
+    run = train_tiny(tiny_data, "gn", recipe=dict(widths=widths))
+    loaded, m = lib.load_run(lib.save_run(*run, tmp_path / "run"))
+    assert m["params"] == lib.count_params(loaded) != lib.count_params(lib.build_model("gn"))
+
+
+def test_mixed_or_half_replaced_runs_are_refused_naming_the_files(saved, tmp_path):
+    _, out = saved
+    mixed = tmp_path / "mixed"
+    shutil.copytree(out, mixed)
+    m = json.loads((mixed / "metrics.json").read_text())
+    (mixed / "metrics.json").write_text(json.dumps(dict(m, norm="ln", groups=None)))     # GN weights, LN metrics
+    with pytest.raises(lib.NormbookError, match="model.pt does not belong to .*metrics.json"):
+        lib.load_run(mixed)
+    (mixed / "metrics.json").write_text(json.dumps(dict(m, groups=4)))                  # another group count
+    with pytest.raises(lib.NormbookError, match="does not belong"):
+        lib.load_run(mixed)
+    (mixed / "metrics.json").write_text(json.dumps(m))
+    state = torch.load(mixed / "model.pt", weights_only=True)
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, mixed / "model.pt")   # new weights
+    with pytest.raises(lib.NormbookError, match="does not belong"):
+        lib.load_predictions(mixed)
+    (mixed / "metrics.json").write_text(json.dumps({k: v for k, v in m.items() if k != "checksums"}))
+    with pytest.raises(lib.NormbookError, match="records no checksums"):
+        lib.load_run(mixed)
+    (mixed / "metrics.json").write_text('{"norm": "bn", ')                                   # truncated
+    with pytest.raises(lib.NormbookError, match="metrics.json is unreadable"):
+        lib.load_run(mixed)
+
+
+def test_a_failed_write_keeps_the_old_artifact(saved, monkeypatch):
+    (model, m, predictions), out = saved
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    def broken(obj, f):
+        f.write(b"half a file")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(KeyboardInterrupt):
+        lib.save_run(model, m, predictions, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before          # same files, no temp files left
+
+
+def test_non_finite_numbers_are_never_written_as_json(tmp_path):
+    with pytest.raises(ValueError):
+        lib.write_json(dict(final_test_loss=float("nan")), tmp_path / "m.json")
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_smoke_runs_default_to_a_scratch_folder():
+    assert lib.default_out_dir("bn", 0, 20, 128, 0, None) == "runs/bn-s0"
+    assert lib.default_out_dir("gn", 2, 20, 128, 0, 8) == "runs/gn-s2"
+    for args in [(1, 128, 0, None), (20, 128, 64, None), (20, 64, 0, None), (20, 128, 0, 4)]:
+        assert lib.default_out_dir("gn", 0, *args).startswith("runs/scratch/")
+
+
+def test_an_unwritable_out_dir_is_refused_before_training(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(lib.NormbookError, match="out_dir=.* is not a writable folder"):
+        lib.check_writable(tmp_path / "file" / "run")

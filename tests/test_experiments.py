@@ -1,0 +1,101 @@
+"""experiments.py: plans are valid data, the runner trains exactly what a plan's folder lacks."""
+import json
+import re
+
+import pytest
+
+import experiments
+import lib
+
+
+@pytest.mark.parametrize("folder", experiments.plan_dirs(), ids=lambda p: p.name)
+def test_every_plan_is_valid_and_every_model_in_it_is_under_budget(folder):
+    plan = experiments.load_plan(folder)
+    for name in plan["variants"]:
+        recipe, batch_size, groups = experiments.settings(plan, name)
+        lib.check_params("gn" if groups else "bn", plan["epochs"], batch_size, groups=groups)
+        lib.build_model("gn", groups, recipe)                     # raises when over the budget
+    assert experiments.planned(folder)
+
+
+def test_every_committed_run_is_one_its_plan_names_so_the_runner_reuses_it():
+    assert {f.name for f in experiments.plan_dirs()} >= {"tune", "tune-gpu", "tune-gpu-2", "tune-cpu-3",
+                                                         "sweep-batch", "sweep-groups", "weight-std"}
+    for folder in experiments.plan_dirs():
+        planned = {path for path, *_ in experiments.planned(folder)}
+        assert set(folder.glob("*-s*.json")) <= planned, folder.name
+        for path in planned & set(folder.glob("*.json")):        # and it was trained as the plan says
+            run, (_, norm, name, seed) = lib.read_json(path), next(p for p in experiments.planned(folder) if p[0] == path)
+            recipe, batch_size, groups = experiments.settings(experiments.load_plan(folder), name)
+            assert (run["norm"], run["seed"], run["batch_size"]) == (norm, seed, batch_size), path.name
+            assert lib.recorded_recipe(run) == recipe, path.name
+
+
+def write_plan(folder, **changes):
+    plan = dict(title="t", device="cpu", data={"holdout": 50}, epochs=1, baseline={"shortcuts": False},
+                variants={"recipe": {}, "batch 64": {"batch_size": 64}, "no smoothing": {"label_smoothing": 0.0}},
+                parts=[{"seeds": [0], "runs": [["bn", "recipe"], ["bn", "batch 64"], ["gn", "no smoothing"]]},
+                       {"seeds": [1], "runs": [["bn", "recipe"]]}])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "plan.json").write_text(json.dumps({**plan, **changes}))
+    return folder
+
+
+def test_the_runner_trains_exactly_the_missing_runs_and_never_the_test_set(tiny_data, tmp_path, monkeypatch):
+    folder = write_plan(tmp_path / "round")
+    no_test_set = lib.Cifar10(tiny_data.train_x, tiny_data.train_y, None, None, "train only")  # any use would fail
+    lib.write_json(dict(norm="bn", seed=0, tuning="recipe", final_val_acc=50.0), folder / "bn-recipe-s0.json")
+    trained = []
+    real_train = lib.train
+    monkeypatch.setattr(lib, "train", lambda norm, **kw: trained.append((norm, kw["seed"], kw["batch_size"],
+                                                                          kw["recipe"])) or real_train(norm, **kw))
+    assert experiments.run_plan(folder, data=no_test_set) == 3
+    assert [(n, s, b) for n, s, b, _ in trained] == [("bn", 0, 64), ("gn", 0, 128), ("bn", 1, 128)]
+    assert trained[1][3] == {**lib.RECIPE, "shortcuts": False, "label_smoothing": 0.0}
+    runs = {(r["norm"], r["tuning"], r["seed"]): r for r in experiments.load_results(folder)}
+    assert runs["bn", "batch 64", 0]["delta"] == runs["bn", "batch 64", 0]["final_val_acc"] - 50.0
+    assert runs["gn", "no smoothing", 0]["delta"] is None                 # its baseline has not run
+    assert all(r["n_test"] == 50 and r["evaluated_on"] == "validation" for k, r in runs.items() if k[2] or k[1] != "recipe")
+    stamp = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert experiments.run_plan(folder, data=no_test_set) == 0                # resumable: nothing left
+    assert stamp == {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+
+def test_a_sweep_plan_evaluates_on_the_test_set_and_bn_with_batch_statistics(tiny_data, tmp_path):
+    folder = write_plan(tmp_path / "sweep-x", data={"n_train": 40}, bn_batch_stats=True, baseline={},
+                        variants={"b10-gdefault": {"batch_size": 10}, "b20-g2": {"batch_size": 20, "groups": 2}},
+                        parts=[{"seeds": [0], "runs": [["bn", "b10-gdefault"], ["gn", "b20-g2"]]}])
+    experiments.run_plan(folder, data=tiny_data)
+    bn, gn = (lib.read_json(folder / f) for f in ("bn-b10-gdefault-s0.json", "gn-b20-g2-s0.json"))
+    assert (bn["n_train"], bn["n_test"], bn["sweep"]) == (40, 100, "x") and 0 <= bn["final_test_acc_batch_stats"] <= 100
+    assert gn["groups"] == 2 and "final_test_acc_batch_stats" not in gn
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(device="tpu"), "unknown device"),
+    (dict(data={"everything": 1}), "data must be"),
+    (dict(variants={"recipe": {}, "odd": {"momentun": 0.8}}), "unknown settings ['momentun']"),
+    (dict(parts=[{"seeds": [0], "runs": [["bn", "missing"]]}]), "unknown variant"),
+    (dict(parts=[{"seeds": [0], "runs": [["in", "recipe"]]}]), "unknown norm"),
+])
+def test_a_bad_plan_is_refused_naming_the_file(tmp_path, change, words):
+    folder = write_plan(tmp_path / "bad", **change)
+    with pytest.raises(lib.NormbookError, match=re.escape(words)):
+        experiments.load_plan(folder)
+
+
+def test_a_gpu_plan_refuses_to_run_without_a_gpu(tmp_path, tiny_data):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    folder = write_plan(tmp_path / "gpu", device="cuda")
+    with pytest.raises(lib.NormbookError, match="CUDA GPU"):
+        experiments.run_plan(folder, data=tiny_data)
+
+
+def test_noise_threshold_pools_the_baselines_repeated_seeds(tmp_path):
+    folder = write_plan(tmp_path / "noise", parts=[{"seeds": [0, 1], "runs": [["bn", "recipe"], ["gn", "recipe"]]}])
+    for norm, seed, acc in [("bn", 0, 80.0), ("bn", 1, 82.0), ("gn", 0, 70.0), ("gn", 1, 70.0)]:
+        lib.write_json(dict(norm=norm, seed=seed, tuning="recipe", final_val_acc=acc), folder / f"{norm}-recipe-s{seed}.json")
+    sigma, threshold = experiments.noise_threshold(folder)
+    assert sigma == pytest.approx(1.0) and threshold == pytest.approx(2 * 2 ** 0.5)
