@@ -22,6 +22,8 @@ data:
 	else echo "data: no local copy; the first run downloads CIFAR-10 through torchvision"; fi
 
 ## One training run by hand, the safe way: `make run NORM=bn` (SEED=0, ARGS="-p epochs 1 -p subset 640").
+## The executed notebook goes beside the artifacts: book/runs/<norm>.ipynb for seed 0, runs/<norm>-s<seed>/
+## for other seeds (as make seeds does), runs/scratch/ for a run with other ARGS.
 ## Papermill writes to a hidden file, renamed only on success, so a failed run keeps the old notebook;
 ## a run not trained like the reported ones (fewer epochs, a subset) writes under runs/scratch/.
 NORM ?= bn
@@ -29,7 +31,9 @@ SEED ?= 0
 ARGS ?=
 run:
 	@mkdir -p book/runs runs/scratch
-	@nb=$$( [ -z "$(ARGS)" ] && [ "$(SEED)" = 0 ] && echo book/runs/$(NORM).ipynb || echo runs/scratch/$(NORM)-s$(SEED).ipynb ); \
+	@nb=$$( [ -n "$(ARGS)" ] && echo runs/scratch/$(NORM)-s$(SEED).ipynb || \
+	       ( [ "$(SEED)" = 0 ] && echo book/runs/$(NORM).ipynb || echo runs/$(NORM)-s$(SEED)/notebook.ipynb ) ); \
+	  mkdir -p $$(dirname $$nb); \
 	  tmp=$$(dirname $$nb)/.$$(basename $$nb .ipynb).partial.ipynb; \
 	  $(PAPERMILL) book/train.ipynb $$tmp -p norm $(NORM) -p seed $(SEED) -p data_dir $(DATA) $(ARGS) \
 	    && mv $$tmp $$nb && echo "run: wrote $$nb"
@@ -51,10 +55,7 @@ tune-gpu:
 
 ## Extra seeds for error bars; their executed notebooks stay beside their artifacts.
 seeds:
-	@for s in $(SEEDS); do for n in $(NORMS); do \
-	  $(PAPERMILL) book/train.ipynb runs/.$$n-s$$s.partial.ipynb -p norm $$n -p seed $$s -p data_dir $(DATA) \
-	    && mv runs/.$$n-s$$s.partial.ipynb runs/$$n-s$$s/notebook.ipynb || exit 1; \
-	done; done
+	@for s in $(SEEDS); do for n in $(NORMS); do $(MAKE) --no-print-directory run NORM=$$n SEED=$$s || exit 1; done; done
 
 ## The chapters computed from run artifacts (tables, figures, glued numbers).
 CHAPTERS = intro theory architecture results experiments why tuning performance reproducibility

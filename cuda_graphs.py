@@ -1,7 +1,7 @@
 """The training step replayed as a CUDA graph: lib.train uses it on a CUDA device (with SGD-Nesterov).
 
 The network is so small that on a GPU launching a step's many small kernels one by one from Python,
-not the arithmetic, sets the pace (bench/gpu_runs.py); a replay issues them all at once. The CPU path
+not the arithmetic, sets the pace (bench/gpu_runs.py); a replay launches them all at once. The CPU path
 of lib.train does not touch this module.
 """
 from __future__ import annotations

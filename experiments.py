@@ -7,11 +7,12 @@ A plan holds:
   data        {"holdout": n}: train on all but the last n training images and evaluate on those n
               (a validation split; the test set is never touched), or {"n_train": n}: train on the
               first n training images and evaluate on the whole test set (a reduced budget)
-  epochs      training epochs of every run
+  epochs      training epochs of every run (a variant may change it; above 20 only with max_epochs)
   baseline    changes to lib.RECIPE shared by every run (the recipe as the experiment began)
   variants    name -> one change on top of the baseline (a recipe key, or batch_size / groups)
   parts       [{"seeds": [...], "runs": [[norm, variant], ...]}, ...], trained seed by seed, part by part
   bn_batch_stats  optional: also evaluate BN with the statistics of test batches of its training size
+  max_epochs  optional: allow runs longer than the exercise's 20 epochs (a measurement outside its budget)
 
 A new round is a new plan file:  python experiments.py run runs/<folder>
 """
@@ -27,7 +28,7 @@ import torch
 import lib
 
 PLAN_KEYS = {"title", "device", "data", "epochs", "baseline", "variants", "parts"}
-RUN_KEYS = {"batch_size", "groups"}                       # a variant may change these besides the recipe
+RUN_KEYS = {"batch_size", "groups", "epochs"}             # a variant may change these besides the recipe
 TARGETS = {"bn": 85.0, "gn": 83.0, "ln": 82.0}            # engineering goals: final test accuracy (%), mean of seeds
 
 
@@ -43,13 +44,18 @@ def load_plan(folder: str | Path) -> dict:
     if not PLAN_KEYS <= set(plan):
         raise lib.NormbookError(f"{where} lacks {', '.join(sorted(PLAN_KEYS - set(plan)))}")
     lib.choose(f"device in {where}", plan["device"], ("cpu", "cuda", "any"))
-    if set(plan["data"]) not in ({"holdout"}, {"n_train"}):
-        raise lib.NormbookError(f"{where}: data must be {{\"holdout\": n}} or {{\"n_train\": n}}")
-    for name, change in plan["variants"].items():
-        unknown = set(change) - set(lib.RECIPE) - RUN_KEYS
+    if not isinstance(plan["data"], dict) or set(plan["data"]) not in ({"holdout"}, {"n_train"}):
+        raise lib.NormbookError(f"{where}: data must be {{\"holdout\": n}} or {{\"n_train\": n}}, not {plan['data']!r}")
+    for name, change in {"baseline": plan["baseline"], **plan["variants"]}.items():
+        unknown = set(change) - set(lib.RECIPE) - (RUN_KEYS if name != "baseline" else set()) \
+            if isinstance(change, dict) else {repr(change)}
         if unknown:
-            raise lib.NormbookError(f"{where}: variant {name!r} changes unknown settings {sorted(unknown)}")
+            raise lib.NormbookError(f"{where}: {name!r} changes unknown settings {sorted(unknown)}")
     for part in plan["parts"]:
+        if not (isinstance(part, dict) and set(part) == {"seeds", "runs"}
+                and all(isinstance(r, list) and len(r) == 2 for r in part["runs"])):
+            raise lib.NormbookError(f"{where}: each part is {{\"seeds\": [...], \"runs\": [[norm, variant], ...]}}, "
+                                    f"not {part!r}")
         for norm, name in part["runs"]:
             lib.choose(f"norm in {where}", norm, lib.NORMS)
             lib.choose(f"variant in {where}", name, plan["variants"])
@@ -60,11 +66,12 @@ def run_path(folder: Path, norm: str, name: str, seed: int) -> Path:
     return folder / f"{norm}-{name.replace(' ', '_')}-s{seed}.json"
 
 
-def settings(plan: dict, name: str) -> tuple[dict, int, int | str | None]:
-    """A variant's (recipe, batch size, groups)."""
+def settings(plan: dict, name: str) -> dict:
+    """A variant's arguments to lib.train: recipe, batch_size, groups, epochs, max_epochs."""
     change = dict(plan["variants"][name])
-    batch_size, groups = change.pop("batch_size", lib.MAIN_BATCH), change.pop("groups", None)
-    return {**lib.RECIPE, **plan["baseline"], **change}, batch_size, groups
+    return dict(batch_size=change.pop("batch_size", lib.MAIN_BATCH), groups=change.pop("groups", None),
+                epochs=change.pop("epochs", plan["epochs"]), max_epochs=plan.get("max_epochs", lib.MAX_EPOCHS),
+                recipe={**lib.RECIPE, **plan["baseline"], **change})
 
 
 def planned(folder: str | Path) -> list[tuple[Path, str, str, int]]:
@@ -93,19 +100,18 @@ def run_plan(folder: str | Path, data: lib.Cifar10 | None = None, data_dir: str 
     split = plan["data"]
     data = data.holdout(split["holdout"]) if "holdout" in split else data.subset(split["n_train"], n_test=lib.FULL_TEST)
     for path, norm, name, seed in todo:
-        recipe, batch_size, groups = settings(plan, name)
-        model, m, predictions = lib.train(norm, epochs=plan["epochs"], batch_size=batch_size, seed=seed, data=data,
-                                          groups=groups, recipe=recipe, device=device, progress=False)
+        args = settings(plan, name)
+        model, m, predictions = lib.train(norm, seed=seed, data=data, device=device, progress=False, **args)
         if "holdout" in split:
             m.update(tuning=name, change=plan["variants"][name], tuning_baseline=plan["baseline"],
                      evaluated_on="validation", final_val_acc=m["final_test_acc"],
                      final_val_acc_tta=m["final_test_acc_tta"])
         else:
-            m.update(sweep=folder.name.removeprefix("sweep-"), groups=groups if norm == "gn" else None,
-                     budget=dict(n_train=split["n_train"], epochs=plan["epochs"]))
+            m.update(sweep=folder.name.removeprefix("sweep-"), groups=args["groups"] if norm == "gn" else None,
+                     budget=dict(n_train=split["n_train"], epochs=args["epochs"]))
         if plan.get("bn_batch_stats") and norm == "bn":   # the same model, with the statistics of test batches
-            probs = lib.predict(model, data.test_x, m["mean"], m["std"], m["precision"], batch_size=batch_size,
-                                batch_stats=True)
+            probs = lib.predict(model, data.test_x, m["mean"], m["std"], m["precision"],
+                                batch_size=args["batch_size"], batch_stats=True)
             m["final_test_acc_batch_stats"] = lib.accuracy(probs, data.test_y)
         lib.write_json(m, path)
         print(f"{folder.name}: {path.name}: {m['final_test_acc']:.2f} % in {m['seconds'] / 60:.1f} min", flush=True)
@@ -129,9 +135,12 @@ def noise_threshold(folder: str | Path = "runs/tune") -> tuple[float, float]:
     split, pooled over norms, and two standard deviations of a difference of two single runs."""
     base = {}
     for t in load_results(folder):
-        if t["tuning"] == "recipe":
+        if t.get("tuning") == "recipe":
             base.setdefault(t["norm"], []).append(t["final_val_acc"])
-    sigma = math.sqrt(statistics.mean(statistics.variance(v) for v in base.values() if len(v) > 1))
+    repeated = [statistics.variance(v) for v in base.values() if len(v) > 1]
+    if not repeated:
+        raise lib.NormbookError(f"{folder}: no norm has its baseline at two or more seeds, so no noise estimate")
+    sigma = math.sqrt(statistics.mean(repeated))
     return sigma, 2 * math.sqrt(2) * sigma
 
 
@@ -164,6 +173,9 @@ def main(argv=None) -> None:
         for folder in plan_dirs():
             print(f"{folder.name}: {len(planned(folder)) - len(missing(folder))} of {len(planned(folder))} runs done")
         return
+    if args.what == "device":
+        for target in args.targets:
+            lib.choose("device", target, ("cpu", "cuda", "any"))
     folders = ([lib.run_dir(f) for f in args.targets] if args.what == "run" else
                [f for f in plan_dirs() if load_plan(f)["device"] in args.targets])
     data = None

@@ -43,7 +43,7 @@ FULL_TRAIN, FULL_TEST = 10 * FULL_COUNTS["train"], 10 * FULL_COUNTS["test"]
 
 # The one recipe all three norms share (how it was chosen: the book's tuning appendix).
 RECIPE = dict(
-    optimizer="SGD-Nesterov",   # or "AdamW" (decoupled weight decay; momentum is then Adam's beta1)
+    optimizer="SGD-Nesterov",   # or "AdamW" (decoupled weight decay; momentum is then Adam's beta1), or "Muon"
     momentum=0.9,
     peak_lr=0.1,            # one-cycle peak learning rate, at batch size lr_batch
     lr_batch=128,           # other batch sizes scale the peak LR linearly
@@ -51,19 +51,24 @@ RECIPE = dict(
     weight_decay=5e-4,      # on conv weights only; norm gammas/betas get none
     label_smoothing=0.1,
     translate=2,            # random translation in pixels (reflect padding), after the flip
-    flip=True,
+    flip=True,              # or "alternate" (levers.py)
     shortcuts=True,         # identity shortcuts around C4-C5 and C8-C9 (no parameters)
     activation="silu",      # after every 3x3 conv's norm, one of ACTIVATIONS
     cutout=0,               # side in pixels of a square set to the mean colour per training image; 0: off
     ema=0.0,                # per-step decay of an average of the weights, evaluated and saved instead; 0: off
     widths=None,            # the width of every conv (a dict like WIDTHS); None: WIDTHS
     weight_std=False,       # Weight Standardization of every 3x3 conv's filters (no parameters)
+    # Levers measured as experiments (levers.py); these values leave them off.
+    muon_lr=0.05,           # with optimizer="Muon": the peak LR of the 3x3 conv weights' Muon step
+    whiten="off",           # "trainable" or "frozen": C1 starts as a whitening of 3x3 patches
+    dirac=False,            # equal-width 3x3 convs start as the identity
 )
-OPTIMIZERS = ("SGD-Nesterov", "AdamW")
+OPTIMIZERS = ("SGD-Nesterov", "AdamW", "Muon")
 PRECISIONS = ("auto", "bf16", "fp32")
 
 # Keys added to RECIPE after some committed runs were made, with the value those runs used.
-RECIPE_ADDED_LATER = dict(shortcuts=False, activation="relu", cutout=0, ema=0.0, widths=None, weight_std=False)
+RECIPE_ADDED_LATER = dict(shortcuts=False, activation="relu", cutout=0, ema=0.0, widths=None, weight_std=False,
+                          muon_lr=0.05, whiten="off", dirac=False)
 
 
 def recorded_recipe(metrics: dict) -> dict:
@@ -89,10 +94,12 @@ def check_int(name: str, value, low: int, high: int | None = None) -> None:
 
 
 def check_params(norm: str, epochs: int = MAX_EPOCHS, batch_size: int = MAIN_BATCH, seed: int = 0,
-                 subset: int = 0, groups: int | str | None = None, precision: str = "auto") -> None:
-    """Refuse bad run parameters with a one-line message, before any work is done."""
+                 subset: int = 0, groups: int | str | None = None, precision: str = "auto",
+                 max_epochs: int = MAX_EPOCHS) -> None:
+    """Refuse bad run parameters with a one-line message, before any work is done (max_epochs: only a
+    measurement outside the exercise's budget, such as the ceiling experiment, raises it)."""
     choose("norm", norm, NORMS)
-    check_int("epochs", epochs, 1, MAX_EPOCHS)
+    check_int("epochs", epochs, 1, max_epochs)
     check_int("seed", seed, 0)
     check_int("subset", subset, 0, FULL_TRAIN)
     check_int("batch_size", batch_size, 1, subset or FULL_TRAIN)
@@ -101,6 +108,18 @@ def check_params(norm: str, epochs: int = MAX_EPOCHS, batch_size: int = MAIN_BAT
         raise NormbookError(f"groups={groups!r} only applies to norm='gn', not {norm!r}")
     if groups is not None:
         group_count(groups, GN_GROUPS)          # raises on a malformed value
+
+
+def check_recipe(recipe: dict) -> dict:
+    """Refuse unknown recipe keys and the values of its switches that no code reads."""
+    unknown = sorted(set(recipe) - set(RECIPE))
+    if unknown:
+        raise NormbookError(f"unknown recipe keys {unknown}: the recipe has {', '.join(RECIPE)}")
+    choose("optimizer", recipe["optimizer"], OPTIMIZERS)
+    choose("activation", recipe["activation"], ACTIVATIONS)
+    choose("flip", recipe["flip"], (True, False, "alternate"))
+    choose("whiten", recipe["whiten"], ("off", "trainable", "frozen"))
+    return recipe
 
 
 def is_main_setting(epochs: int, batch_size: int, subset: int, groups) -> bool:
@@ -210,11 +229,15 @@ def _read_image_folder(split_dir: Path, expected_per_class: int | None):
                 raise NormbookError(f"{f} is {arr.shape[1]}x{arr.shape[0]}; CIFAR-10 images are 32x32")
             images.append(arr)
         labels += [label] * len(files)
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-    y = torch.tensor(labels, dtype=torch.int64)
-    # Folders come class by class; interleave them (one image of each class in turn) so that any
-    # prefix, such as a smoke-run subset, holds every class in equal measure.
-    rank_in_class = torch.cat([torch.arange(int((y == k).sum())) for k in range(len(CLASSES))])
+    return interleaved(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2), torch.tensor(labels, dtype=torch.int64))
+
+
+def interleaved(x: torch.Tensor, y: torch.Tensor):
+    """The images reordered one of each class in turn, so that any prefix (a smoke-run subset, a
+    validation split's complement) holds every class in equal measure."""
+    rank_in_class = torch.empty_like(y)
+    for k in range(len(CLASSES)):
+        rank_in_class[y == k] = torch.arange(int((y == k).sum()))
     order = torch.argsort(rank_in_class * len(CLASSES) + y, stable=True)
     return x[order].contiguous(), y[order]
 
@@ -280,9 +303,8 @@ def load_cifar10(data_dir: str | Path = "data", full: bool = True) -> Cifar10:
                 f"CIFAR-10 is not in {data_dir} and could not be downloaded ({type(e).__name__}). "
                 f"Offline? Unpack an ImageFolder copy there: mkdir -p {data_dir} && "
                 f"tar xzf cifar10-jpeg.tar.gz -C {data_dir} --strip-components=1  (or: make data)") from None
-        train_x = torch.from_numpy(train.data).permute(0, 3, 1, 2).contiguous()
-        test_x = torch.from_numpy(test.data).permute(0, 3, 1, 2).contiguous()
-        train_y, test_y = torch.tensor(train.targets), torch.tensor(test.targets)
+        train_x, train_y = interleaved(torch.from_numpy(train.data).permute(0, 3, 1, 2), torch.tensor(train.targets))
+        test_x, test_y = interleaved(torch.from_numpy(test.data).permute(0, 3, 1, 2), torch.tensor(test.targets))
         source = "official CIFAR-10 (torchvision download)"
         fingerprint = data_fingerprint(data_dir)
     try:
@@ -514,7 +536,11 @@ def make_optimizer(model: nn.Module, lr: float, recipe: dict) -> torch.optim.Opt
     groups = [dict(params=decay, weight_decay=recipe["weight_decay"]), dict(params=no_decay, weight_decay=0.0)]
     if recipe["optimizer"] == "AdamW":
         return torch.optim.AdamW(groups, lr=lr, betas=(recipe["momentum"], 0.999), foreach=True)
-    return torch.optim.SGD(groups, lr=lr, momentum=recipe["momentum"], nesterov=True, foreach=True)
+    sgd = torch.optim.SGD(groups, lr=lr, momentum=recipe["momentum"], nesterov=True, foreach=True)
+    if recipe["optimizer"] == "Muon":
+        from levers import muon_optimizer
+        return muon_optimizer(model, lr, recipe, sgd)
+    return sgd
 
 
 class LossSetup(NamedTuple):
@@ -536,7 +562,7 @@ def forward_loss(model, x_uint8, y, setup: LossSetup):
 def train_step(model, opt, x, y, lr: float, setup: LossSetup, sums) -> None:
     """One SGD step; the epoch's loss and correct counts accumulate on the device (no host sync)."""
     for g in opt.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)          # a group with its own peak LR (levers.py) scales it
     logits, loss = forward_loss(model, x, y, setup)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -576,8 +602,8 @@ class Tracer:
         self.every, self.armed, self.inputs = every, False, {}
         self.layers = {name: block for name, block in zip(LAYERS, model.flat()) if name.startswith("C")}
         self.trace = dict(every=every, step=[], lr=[], layers={n: {k: [] for k in self.KEYS} for n in self.layers})
-        for name, (_, norm, _) in self.layers.items():
-            norm.register_forward_pre_hook(lambda mod, args, name=name: self._keep(name, args[0]))
+        self.hooks = [norm.register_forward_pre_hook(lambda mod, args, name=name: self._keep(name, args[0]))
+                      for name, (_, norm, _) in self.layers.items()]
 
     def _keep(self, name, x):
         if self.armed:
@@ -595,8 +621,9 @@ class Tracer:
         self.trace["lr"].append(lr)
         for name, (conv, norm, _) in self.layers.items():
             act, row = self.inputs.pop(name), self.trace["layers"][name]
+            grad = conv.weight.grad.norm() if conv.weight.grad is not None else 0.0     # 0: a frozen layer
             for key, value in zip(self.KEYS, (act.mean(), act.std(), norm.weight.mean(), norm.weight.std(),
-                                              conv.weight.norm(), conv.weight.grad.norm())):
+                                              conv.weight.norm(), grad)):
                 row[key].append(float(value))
         self.armed = False
 
@@ -633,28 +660,25 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = MAIN_BAT
           data: Cifar10 | None = None, data_dir: str | Path = "data", subset: int = 0,
           groups: int | str | None = None, recipe: dict | None = None, precision: str = "auto",
           device: str | torch.device | None = None, progress: bool = True,
-          cuda_graphs: bool | None = None, trace_every: int = 0) -> TrainedRun:
+          cuda_graphs: bool | None = None, trace_every: int = 0, max_epochs: int = MAX_EPOCHS) -> TrainedRun:
     """Train one model; return (model, metrics, predictions). Nothing is written here (see save_run).
 
     precision: "fp32", "bf16" (autocast) or "auto" (bf16 where the hardware has it).
-    cuda_graphs: replay each step as a CUDA graph (CudaGraphStep); default: on a CUDA device with SGD.
+    cuda_graphs: replay each step as a CUDA graph (cuda_graphs.py); default: where it can, on a CUDA device.
     trace_every: record a Tracer point every that many steps (0: off), stored as metrics["trace"].
     """
-    check_params(norm, epochs, batch_size, seed, subset, groups, precision)
-    recipe = {**RECIPE, **(recipe or {})}
-    choose("optimizer", recipe["optimizer"], OPTIMIZERS)
+    check_params(norm, epochs, batch_size, seed, subset, groups, precision, max_epochs)
+    recipe = check_recipe({**RECIPE, **(recipe or {})})
     groups = GN_GROUPS if groups is None else groups
     device = torch.device(device) if device else pick_device()
     precision = ("bf16" if bf16_supported(device) else "fp32") if precision == "auto" else precision
-    sgd = recipe["optimizer"] == "SGD-Nesterov"          # the graphed step implements SGD-Nesterov only
     check_int("trace_every", trace_every, 0)
-    cuda_graphs = device.type == "cuda" and sgd and not trace_every if cuda_graphs is None else cuda_graphs
-    if cuda_graphs and device.type != "cuda":
-        raise NormbookError(f"cuda_graphs=True needs a CUDA device; got {device}")
-    if cuda_graphs and not sgd:
-        raise NormbookError(f"cuda_graphs=True replays SGD-Nesterov steps only, not {recipe['optimizer']}")
-    if cuda_graphs and trace_every:
-        raise NormbookError("trace_every needs eager steps: a replayed CUDA graph runs no hooks")
+    # The graphed step is plain SGD-Nesterov over every parameter, and a replay runs no hooks.
+    graphable = recipe["optimizer"] == "SGD-Nesterov" and not trace_every and recipe["whiten"] != "frozen"
+    cuda_graphs = device.type == "cuda" and graphable if cuda_graphs is None else cuda_graphs
+    if cuda_graphs and (device.type != "cuda" or not graphable):
+        raise NormbookError(f"cuda_graphs=True needs a CUDA device (got {device}) and plain SGD-Nesterov steps "
+                            f"(optimizer {recipe['optimizer']!r}; no trace_every, no frozen first layer)")
     data = (data or load_cifar10(data_dir, full=subset == 0)).subset(subset)
     check_int("batch_size", batch_size, 1, len(data.train_y))
 
@@ -666,6 +690,9 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = MAIN_BAT
     mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
+    if recipe["whiten"] != "off" or recipe["dirac"]:
+        from levers import initialise
+        initialise(model, recipe, normalize(train_x[:5000], mean_t, std_t))
 
     n = len(train_y)
     steps_per_epoch = math.ceil(n / batch_size)
@@ -687,6 +714,7 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = MAIN_BAT
     tracer = Tracer(model, trace_every) if trace_every else None
     cutout_fill = (mean_t * 255).round()                # the mean colour: 0 once normalized
 
+    first_flip = torch.rand(n, generator=gen, device=device) < 0.5 if recipe["flip"] == "alternate" else None
     history, start, train_seconds = [], time.perf_counter(), 0.0
     bar = _progress(total=total, disable=not progress, desc=f"{norm} seed {seed}", unit="step", mininterval=2)
     for epoch in range(1, epochs + 1):
@@ -694,7 +722,11 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = MAIN_BAT
         epoch_start = time.perf_counter()
         order = torch.randperm(n, generator=gen, device=device)
         # Augment the whole epoch at once on uint8, then slice batches: cheap and vectorized.
-        epoch_x = augment(train_x[order], gen, flip=recipe["flip"], translate=recipe["translate"],
+        epoch_x = train_x[order]
+        if first_flip is not None:
+            from levers import alternating_flip
+            epoch_x = alternating_flip(epoch_x, first_flip[order], epoch)
+        epoch_x = augment(epoch_x, gen, flip=recipe["flip"] is True, translate=recipe["translate"],
                           cutout=recipe["cutout"], fill=cutout_fill)
         first = (epoch - 1) * steps_per_epoch
         lrs = [one_cycle(s, total, peak, recipe["warmup"]) for s in range(first, first + steps_per_epoch)]
@@ -732,6 +764,8 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = MAIN_BAT
     )
     if tracer:
         metrics["trace"] = tracer.trace
+        for hook in tracer.hooks:
+            hook.remove()
     return TrainedRun(model, metrics, dict(probs=test["probs"].float().cpu(), labels=test_y.cpu()))
 
 
@@ -952,9 +986,9 @@ def main_runs(seed: int = 0) -> dict[str, dict]:
 
 
 def seed_runs(m: dict) -> list[dict]:
-    """Every full run of m's norm trained like m (same recipe, batch and groups): its error bars."""
-    return [r for r in load_metrics(f"{m['norm']}-s*") if is_full_run(r) and recorded_recipe(r) == recorded_recipe(m)
-            and (r["batch_size"], r.get("groups")) == (m["batch_size"], m.get("groups"))]
+    """Every run of m's norm trained like m (same data, epochs, batch, groups and recipe): its error bars."""
+    same = lambda r: (r["n_train"], r["n_test"], r["epochs"], r["batch_size"], r.get("groups"), recorded_recipe(r))
+    return [r for r in load_metrics(f"{m['norm']}-s[0-9]*") if same(r) == same(m)]
 
 
 def summary_rows() -> list[dict]:
@@ -977,7 +1011,12 @@ def summary_rows() -> list[dict]:
     return rows
 
 
-def mean_std(row: dict) -> str:
+def seed_spread(rows) -> float:
+    """The largest seed-to-seed standard deviation of final test accuracy (nan if no row has two seeds)."""
+    return max((r["test_std"] for r in rows if r["seeds"] > 1), default=float("nan"))
+
+
+def mean_std_text(row: dict) -> str:
     """'82.36 ± 0.27' over a row's seeds (or the seed-0 number alone)."""
     return f"{row['test_mean']:.2f} ± {row['test_std']:.2f}" if row["seeds"] > 1 else f"{row['test_acc']:.2f}"
 
@@ -994,19 +1033,20 @@ def findings() -> list[dict]:
     cms = {n: confusion_matrix(**load_predictions(f"runs/{m['run']}")) for n, m in runs.items()}
     order = sorted(rows, key=lambda n: -rows[n]["test_mean"])
     best, worst = order[0], order[-1]
-    spread = max(r["test_std"] for r in rows.values())
+    spread = seed_spread(rows.values())
     gap = rows[best]["test_mean"] - rows[worst]["test_mean"]
-    level = sorted(rows, key=lambda n: rows[n]["test_mean"])[:2]
-    diff = abs(rows[level[0]]["test_mean"] - rows[level[1]]["test_mean"])
-    out = [dict(title="Ranking", value=gap, text=" > ".join(f"{n.upper()} {mean_std(rows[n])} %" for n in order)
-                + f" (final test accuracy, mean ± std over {min(r['seeds'] for r in rows.values())} seeds): "
-                f"{best.upper()} leads {worst.upper()} by {gap:.2f} points; {level[0].upper()} and {level[1].upper()} "
-                f"differ by {diff:.2f}, " + ("below" if diff < 2 * spread else "above")
-                + f" twice the largest seed-to-seed std ({2 * spread:.2f}).")]
+    lowest = order[-2:]                                 # the two behind the best, higher first
+    diff = abs(rows[lowest[0]]["test_mean"] - rows[lowest[1]]["test_mean"])
+    seeds = min(r["seeds"] for r in rows.values())
+    out = [dict(title="Ranking", value=gap, text=" > ".join(f"{n.upper()} {mean_std_text(rows[n])} %" for n in order)
+                + " (final test accuracy, " + (f"mean ± std over {seeds} seeds): " if seeds > 1 else "seed 0): ")
+                + f"{best.upper()} leads {worst.upper()} by {gap:.2f} points; {lowest[0].upper()} and "
+                f"{lowest[1].upper()} differ by {diff:.2f}" + ("." if math.isnan(spread) else
+                f", {'below' if diff < 2 * spread else 'above'} twice the largest seed-to-seed std ({2 * spread:.2f})."))]
     lead = {e: runs["bn"]["history"][e]["test_acc"] - max(runs[n]["history"][e]["test_acc"] for n in ("gn", "ln"))
             for e in (0, -1)}
-    out.append(dict(title="BN learns fastest", value=lead[0], text=f"after one epoch BN leads the better of GN and "
-                    f"LN by {lead[0]:.1f} points of test accuracy, after the last by {lead[-1]:.1f} (seed 0)."))
+    out.append(dict(title="Early epochs", value=lead[0], text=f"after one epoch BN's test accuracy is {lead[0]:+.1f} points "
+                    f"from the better of GN and LN, after the last {lead[-1]:+.1f} (seed 0)."))
     pairs = {n: (cm + cm.T).triu(1) for n, cm in cms.items()}       # confusions between two classes, both ways
     top = {n: divmod(int(p.argmax()), len(CLASSES)) for n, p in pairs.items()}
     names = {n: f"{CLASSES[a]} ↔ {CLASSES[b]}" for n, (a, b) in top.items()}
@@ -1015,30 +1055,31 @@ def findings() -> list[dict]:
         + ", ".join(f"{n.upper()} {'' if len(set(names.values())) == 1 else names[n] + ' '}{int(pairs[n].max())}"
                     for n in cms) + " test images go from one of the two to the other (seed 0)."))
     sweep = read_jsons(ROOT / "runs" / "sweep-batch", "*-s*.json")
-    if sweep:
-        mean = {}
-        for p in sweep:
-            mean.setdefault((p["norm"], p["batch_size"]), []).append(p["final_test_acc"])
-        small, large = min(b for _, b in mean), max(b for _, b in mean)
-        drop = {n: statistics.mean(mean[n, large]) - statistics.mean(mean[n, small]) for n in NORMS}
-        out.append(dict(title="Small batches", value=drop["bn"], text=f"from batch {large} to batch {small} "
+    accs = {}
+    for p in sweep:
+        accs.setdefault(p["batch_size"], {}).setdefault(p["norm"], []).append(p["final_test_acc"])
+    done = sorted(b for b, by_norm in accs.items() if set(by_norm) == set(NORMS))    # every norm has run
+    if len(done) > 1:
+        small, large = done[0], done[-1]
+        change = {n: statistics.mean(accs[small][n]) - statistics.mean(accs[large][n]) for n in NORMS}
+        only_bn = change["bn"] < 0 <= min(change["gn"], change["ln"])
+        out.append(dict(title="Small batches", value=change["bn"], text=f"from batch {large} to batch {small} "
                         f"(reduced budget: {sweep[0]['budget']['n_train']:,} images, {sweep[0]['budget']['epochs']} "
-                        "epochs) test accuracy changes by " + ", ".join(f"{n.upper()} {-drop[n]:+.2f}" for n in NORMS)
-                        + " points: only BN, whose statistics come from the batch, loses."
-                        if drop["bn"] > 0 >= max(drop["gn"], drop["ln"]) else " points."))
+                        "epochs) test accuracy changes by " + ", ".join(f"{n.upper()} {change[n]:+.2f}" for n in NORMS)
+                        + (" points: only BN, whose statistics come from the batch, loses." if only_bn else " points.")))
     rob = read_jsons(ROOT / "runs" / "robustness")
     if {r["norm"] for r in rob} == set(NORMS):
-        mean = lambda norm, get: statistics.mean(get(r) for r in rob if r["norm"] == norm)
+        avg = lambda norm, get: statistics.mean(get(r) for r in rob if r["norm"] == norm)
         logit = max(r["max_logit_change_scale_2"] for r in rob if r["norm"] != "bn")
         out.append(dict(title="Contrast", value=logit, text=f"doubling the input changes GN's and LN's logits by at "
                         f"most {logit:.0e} (they are invariant to its scale by construction); at four times the "
-                        f"contrast BN falls from {mean('bn', lambda r: r['clean_acc']):.2f} % to "
-                        f"{mean('bn', lambda r: r['scale']['4.0']):.2f} % (mean of {sum(r['norm'] == 'bn' for r in rob)} seeds)."))
-        changed = {n: mean(n, lambda r: r["batch"]["2"]["changed"]) for n in NORMS}
+                        f"contrast BN falls from {avg('bn', lambda r: r['clean_acc']):.2f} % to "
+                        f"{avg('bn', lambda r: r['scale']['4.0']):.2f} % (mean of {sum(r['norm'] == 'bn' for r in rob)} seeds)."))
+        changed = {n: avg(n, lambda r: r["batch"]["2"]["changed"]) for n in NORMS}
         out.append(dict(title="Batch companions", value=changed["bn"], text="evaluated with batch statistics in batches "
                         f"of 2, BN changes {changed['bn']:.1f} % of its predictions when only an image's companion "
                         f"changes (GN {changed['gn']:.1f} %, LN {changed['ln']:.1f} %), and in one-class batches it "
-                        f"falls to {mean('bn', lambda r: r['one_class_batches_acc']):.2f} %."))
+                        f"falls to {avg('bn', lambda r: r['one_class_batches_acc']):.2f} %."))
     return out
 
 

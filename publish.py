@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lib import NORM_NAMES, NORMS, ROOT, NormbookError, atomic_write, findings, mean_std, summary_rows
+from lib import NORM_NAMES, NORMS, ROOT, NormbookError, atomic_write, findings, mean_std_text, summary_rows
 
 README_START, README_END = "<!-- results:start (make readme) -->", "<!-- results:end -->"
 
@@ -12,12 +12,14 @@ README_START, README_END = "<!-- results:start (make readme) -->", "<!-- results
 def readme_results() -> str:
     """The README's generated block: headline table, figures and findings, from the artifacts."""
     rows = summary_rows()
-    lines = [f"Final-epoch accuracy on {'; '.join(sorted({r['data'] for r in rows}))}; "
+    lines = [] if all(r["full"] for r in rows) else [
+        "> **Smoke runs** (a data subset or fewer than 20 epochs): these numbers say nothing about the norms.", ""]
+    lines += [f"Final-epoch accuracy on {'; '.join(sorted({r['data'] for r in rows}))}; "
              f"{'; '.join(sorted({r['device'] for r in rows}))}.", "",
              "| model | parameters | train acc. (%) | test acc. (%) | test acc., mean ± std over seeds (%) |",
              "|---|---:|---:|---:|---:|"]
     lines += [f"| {r['model']} | {r['params']:,} | {r['train_acc']:.2f} | {r['test_acc']:.2f} | "
-              f"{mean_std(r)} (n={r['seeds']}) |" for r in rows]
+              f"{mean_std_text(r)} (n={r['seeds']}) |" for r in rows]
     lines += ["", "Train and test accuracy: seed 0. Train: running accuracy on the augmented batches of the last "
               "epoch; test: all 10,000 test images, evaluation mode, no augmentation.", "", "**Findings**", ""]
     lines += [f"{i}. **{f['title']}**: {f['text']}" for i, f in enumerate(findings(), 1)]

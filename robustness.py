@@ -42,6 +42,7 @@ def corrupt(x: torch.Tensor, name: str, severity: int, seed: int = 0) -> torch.T
     """A corrupted copy of uint8 images (N, 3, 32, 32), deterministic for a seed, still uint8 in [0, 255]."""
     import torchvision.transforms.v2.functional as TF
     lib.choose("corruption", name, CORRUPTIONS)
+    lib.check_int("severity", severity, 1, len(SEVERITIES))
     p = CORRUPTIONS[name][severity - 1]
     f = x.float() / 255
     if name == "gaussian noise":
@@ -106,8 +107,7 @@ def batch_stats(model: nn.Module) -> nn.Module:
 def batch_dependence(model, x_float, y, precision: str, batch_size: int, seed: int = 0) -> dict:
     """Accuracy with batch statistics in random batches of `batch_size`, and the fraction of images
     whose prediction changes when the same images are put into other random batches."""
-    torch.manual_seed(seed)                     # BN in train mode updates nothing here (a copy); no dropout
-    model = batch_stats(model)
+    model = batch_stats(model)                  # a copy: the model's own running statistics stay as they are
     preds = []
     for k in range(2):
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + k))
@@ -127,7 +127,7 @@ def evaluate_run(run: str, data: lib.Cifar10, shifted: dict[str, torch.Tensor]) 
     acc = lambda net, x: 100.0 * (logits(net, x, prec).argmax(1) == y).float().mean().item()
     clean = norm(data.test_x)
     out = dict(run=run, norm=m["norm"], seed=m["seed"], data=m["data"], precision=prec, n_test=len(y),
-               clean_acc=acc(model, clean))
+               model_checksum=m["checksums"]["model.pt"], clean_acc=acc(model, clean))
     out["scale"] = {str(a): acc(model, a * clean) for a in SCALES}
     with torch.inference_mode():                # the invariance itself, in fp32 so no bf16 rounding hides it
         one, two = logits(model, clean[:1000], "fp32"), logits(model, 2 * clean[:1000], "fp32")
@@ -148,13 +148,21 @@ def evaluate_run(run: str, data: lib.Cifar10, shifted: dict[str, torch.Tensor]) 
     return out
 
 
+def up_to_date(run: str) -> bool:
+    """Whether runs/robustness/<run>.json exists and was measured on the run's present weights."""
+    path = lib.ROOT / "runs" / "robustness" / f"{run}.json"
+    if not path.exists():
+        return False
+    return lib.read_json(path).get("model_checksum") == lib.read_json(lib.ROOT / "runs" / run / "metrics.json")["checksums"]["model.pt"]
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="data")
     ap.add_argument("--runs", nargs="*", help="run folders under runs/ (default: every main run)")
     args = ap.parse_args(argv)
     runs = args.runs or [m["run"] for m in lib.load_metrics("*-s[0-9]")]
-    todo = [r for r in runs if not (lib.ROOT / "runs" / "robustness" / f"{r}.json").exists()]
+    todo = [r for r in runs if not up_to_date(r)]
     if not todo:
         return
     data = lib.load_cifar10(args.data)

@@ -25,7 +25,7 @@ def test_bn_batch_statistics_evaluation_leaves_the_model_alone(tiny_data):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     args = (model, tiny_data.test_x, m["mean"], m["std"])
     assert not torch.allclose(lib.predict(*args, batch_size=4), lib.predict(*args, batch_size=4, batch_stats=True))
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and not model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     ln, mln, _ = train_tiny(tiny_data, "ln", batch_size=20)
     a = lib.predict(ln, tiny_data.test_x, mln["mean"], mln["std"], batch_size=4)
     assert torch.allclose(a, lib.predict(ln, tiny_data.test_x, mln["mean"], mln["std"], batch_size=4, batch_stats=True))
@@ -56,17 +56,38 @@ def test_error_bars_average_only_runs_trained_like_seed_0(tmp_path, monkeypatch)
     fake_runs(tmp_path, {"bn": [80.0, 82.0, 90.0], "gn": [70.0, 71.0], "ln": [75.0]}, change=dict(shortcuts=False))
     rows = {r["norm"]: r for r in lib.summary_rows()}
     assert (rows["bn"]["seeds"], rows["bn"]["test_mean"], rows["bn"]["tta_mean"]) == (2, 81.0, 82.0)
-    assert lib.mean_std(rows["bn"]) == "81.00 ± 1.41" and lib.mean_std(rows["ln"]) == "75.00"
+    assert lib.mean_std_text(rows["bn"]) == "81.00 ± 1.41" and lib.mean_std_text(rows["ln"]) == "75.00"
+
+
+def fake_sweep(root, accs: dict[tuple[str, int], float]):
+    for (norm, batch), acc in accs.items():
+        lib.write_json(dict(norm=norm, batch_size=batch, final_test_acc=acc, budget=dict(n_train=100, epochs=1)),
+                       root / "runs" / "sweep-batch" / f"{norm}-b{batch}-gdefault-s0.json")
 
 
 def test_findings_come_from_the_artifacts(tmp_path, monkeypatch):
     monkeypatch.setattr(lib, "ROOT", tmp_path)
     fake_runs(tmp_path, {"bn": [82.0, 83.0], "gn": [80.0, 80.5], "ln": [79.0, 79.5]})
+    fake_sweep(tmp_path, {("bn", 128): 60.0, ("gn", 128): 55.0, ("ln", 128): 50.0,
+                          ("bn", 2): 50.0, ("gn", 2): 56.0, ("ln", 2): 50.0, ("bn", 8): 58.0})   # no GN/LN at 8
     found = {f["title"]: f for f in lib.findings()}
     assert found["Ranking"]["value"] == pytest.approx(82.5 - 79.25)
     assert found["Ranking"]["text"].startswith("BN 82.50 ± 0.71 % > GN 80.25 ± 0.35 % > LN 79.25 ± 0.35 %")
+    assert found["Ranking"]["text"].endswith("GN and LN differ by 1.00, below twice the largest seed-to-seed std (1.41).")
     assert "for every norm, airplane ↔ automobile" in found["Most confused pair"]["text"]   # the made-up mistakes
-    assert len(found) <= 6
+    small = found["Small batches"]
+    assert small["value"] == -10.0 and "from batch 128 to batch 2" in small["text"]     # batch 8 is not done by all
+    assert small["text"].endswith("BN -10.00, GN +1.00, LN +0.00 points: only BN, whose statistics come from the batch, loses.")
+    fake_sweep(tmp_path, {("ln", 2): 45.0})
+    assert {f["title"]: f for f in lib.findings()}["Small batches"]["text"].endswith("LN -5.00 points.")
+    assert "Contrast" not in found                                     # no robustness results: no such finding
+
+
+def test_findings_with_one_seed_per_norm_say_nothing_of_a_spread(tmp_path, monkeypatch):
+    monkeypatch.setattr(lib, "ROOT", tmp_path)
+    fake_runs(tmp_path, {"bn": [82.0], "gn": [80.0], "ln": [79.0]})
+    ranking = lib.findings()[0]["text"]
+    assert ranking.endswith("GN and LN differ by 1.00.") and "nan" not in ranking
 
 
 def test_analysis_refuses_a_missing_or_unreadable_run_naming_it(tmp_path, monkeypatch):
@@ -92,7 +113,7 @@ def test_readme_block_is_generated_short_and_idempotent(tmp_path):
     block = text.split(publish.README_START)[1].split(publish.README_END)[0]
     assert len(block.splitlines()) < 60
     for r in lib.summary_rows():                                    # the committed runs' own numbers
-        assert f"| {r['model']} | {r['params']:,} | {r['train_acc']:.2f} | {r['test_acc']:.2f} | {lib.mean_std(r)}" in block
+        assert f"| {r['model']} | {r['params']:,} | {r['train_acc']:.2f} | {r['test_acc']:.2f} | {lib.mean_std_text(r)}" in block
     publish.update_readme(readme)
     assert readme.read_text() == text
 
@@ -102,3 +123,9 @@ def test_committed_predictions_give_back_each_main_runs_accuracy_exactly():
         p = lib.load_predictions(lib.ROOT / "runs" / m["run"])
         assert len(p["labels"]) == m["n_test"]
         assert lib.accuracy(p["probs"], p["labels"]) == m["final_test_acc"], m["run"]
+
+
+def test_the_committed_readme_block_is_what_the_artifacts_say():
+    text = (lib.ROOT / "README.md").read_text()
+    block = text.split(publish.README_START, 1)[1].split(publish.README_END, 1)[0]
+    assert block == "\n" + publish.readme_results(), "README.md is stale: run `make readme`"

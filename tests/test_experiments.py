@@ -12,9 +12,10 @@ import lib
 def test_every_plan_is_valid_and_every_model_in_it_is_under_budget(folder):
     plan = experiments.load_plan(folder)
     for name in plan["variants"]:
-        recipe, batch_size, groups = experiments.settings(plan, name)
-        lib.check_params("gn" if groups else "bn", plan["epochs"], batch_size, groups=groups)
-        lib.build_model("gn", groups, recipe)                     # raises when over the budget
+        args = experiments.settings(plan, name)
+        lib.check_params("gn" if args["groups"] else "bn", args["epochs"], args["batch_size"], groups=args["groups"],
+                         max_epochs=args["max_epochs"])
+        lib.build_model("gn", args["groups"], args["recipe"])       # raises when over the budget
     assert experiments.planned(folder)
 
 
@@ -26,9 +27,10 @@ def test_every_committed_run_is_one_its_plan_names_so_the_runner_reuses_it():
         assert set(folder.glob("*-s*.json")) <= planned, folder.name
         for path in planned & set(folder.glob("*.json")):        # and it was trained as the plan says
             run, (_, norm, name, seed) = lib.read_json(path), next(p for p in experiments.planned(folder) if p[0] == path)
-            recipe, batch_size, groups = experiments.settings(experiments.load_plan(folder), name)
-            assert (run["norm"], run["seed"], run["batch_size"]) == (norm, seed, batch_size), path.name
-            assert lib.recorded_recipe(run) == recipe, path.name
+            args = experiments.settings(experiments.load_plan(folder), name)
+            assert (run["norm"], run["seed"], run["batch_size"], run["epochs"]) == \
+                (norm, seed, args["batch_size"], args["epochs"]), path.name
+            assert lib.recorded_recipe(run) == args["recipe"], path.name
 
 
 def write_plan(folder, **changes):
@@ -59,6 +61,17 @@ def test_the_runner_trains_exactly_the_missing_runs_and_never_the_test_set(tiny_
     stamp = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     assert experiments.run_plan(folder, data=no_test_set) == 0                # resumable: nothing left
     assert stamp == {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+
+def test_a_variant_may_run_longer_only_where_its_plan_allows(tiny_data, tmp_path):
+    folder = write_plan(tmp_path / "ceiling", data={"n_train": 40}, variants={"25 epochs": {"epochs": 25}},
+                        parts=[{"seeds": [0], "runs": [["ln", "25 epochs"]]}])
+    with pytest.raises(lib.NormbookError, match="epochs=25 is invalid"):
+        experiments.run_plan(folder, data=tiny_data)
+    plan = json.loads((folder / "plan.json").read_text())
+    (folder / "plan.json").write_text(json.dumps(dict(plan, max_epochs=25, variants={"25 epochs": {"epochs": 2, "batch_size": 10}})))
+    experiments.run_plan(folder, data=tiny_data)                     # (2 epochs here, to stay quick)
+    assert lib.read_json(folder / "ln-25_epochs-s0.json")["epochs"] == 2
 
 
 def test_a_sweep_plan_evaluates_on_the_test_set_and_bn_with_batch_statistics(tiny_data, tmp_path):

@@ -78,5 +78,5 @@ def test_the_check_above_sees_an_update_that_leaves_out_a_term(monkeypatch):
         sgd_step(opt, bufs, lr)
         for g, wd in zip(opt.param_groups, saved):
             g["weight_decay"] = wd
-    monkeypatch.setattr(lib, "sgd_nesterov_", without_decay)
+    monkeypatch.setattr(cuda_graphs, "sgd_nesterov_", without_decay)
     assert replay_mismatch("bn") > MISMATCH

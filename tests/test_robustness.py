@@ -52,6 +52,11 @@ def test_recalibration_leaves_the_model_alone_and_sets_new_statistics(models):
     assert torch.allclose(first.running_mean, conv_out.mean(dim=(0, 2, 3)), atol=1e-4) and not fresh.training
 
 
+def test_a_severity_out_of_range_is_refused():
+    with pytest.raises(lib.NormbookError, match="severity=0"):
+        robustness.corrupt(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "jpeg", 0)
+
+
 @pytest.mark.parametrize("name", list(robustness.CORRUPTIONS))
 def test_corruptions_are_deterministic_images_that_grow_with_severity(name):
     x = torch.randint(30, 220, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
