@@ -1195,4 +1195,6 @@ def table(df, formats: dict | None = None, precision: int = 2):
     import pandas as pd
     fmt = {c: f"{{:,.{precision}f}}" for c in df.columns if pd.api.types.is_float_dtype(df[c])}
     fmt.update(formats or {})
-    return df.style.format(fmt, na_rep="—").hide(axis="index", names=True).set_table_attributes('class="dataframe"')
+    text = [f"td.col{j}, th.col{j}" for j, c in enumerate(df.columns) if not pd.api.types.is_numeric_dtype(df.iloc[:, j])]
+    return (df.style.format(fmt, na_rep="—").hide(axis="index", names=True).set_table_attributes('class="dataframe"')
+            .set_table_styles([dict(selector=", ".join(text), props="text-align: left")] if text else []))
