@@ -420,7 +420,7 @@ class Net(nn.Sequential):
                  weight_std: bool = RECIPE["weight_std"]):
         choose("activation", activation, ACTIVATIONS)
         conv3x3 = StandardizedConv2d if weight_std else nn.Conv2d
-        widths = widths or WIDTHS
+        widths = {**WIDTHS, **(widths or {})}             # a partial dict changes only the layers it names
         layers, c_in = {}, 3
         for name in LAYERS:
             if name.startswith("C"):                                   # 3x3 conv, norm, activation
@@ -1062,17 +1062,18 @@ def findings() -> list[dict]:
     if len(done) > 1:
         small, large = done[0], done[-1]
         change = {n: statistics.mean(accs[small][n]) - statistics.mean(accs[large][n]) for n in NORMS}
-        only_bn = change["bn"] < 0 <= min(change["gn"], change["ln"])
-        out.append(dict(title="Small batches", value=change["bn"], text=f"from batch {large} to batch {small} "
-                        f"(reduced budget: {sweep[0]['budget']['n_train']:,} images, {sweep[0]['budget']['epochs']} "
-                        "epochs) test accuracy changes by " + ", ".join(f"{n.upper()} {change[n]:+.2f}" for n in NORMS)
-                        + (" points: only BN, whose statistics come from the batch, loses." if only_bn else " points.")))
+        bn_most = change["bn"] < min(change["gn"], change["ln"]) and change["bn"] < 0
+        out.append(dict(title="Small batches", value=change["bn"], text=f"in shorter runs ({sweep[0]['budget']['n_train']:,} "
+                        f"images, {sweep[0]['budget']['epochs']} epochs), going from batch {large} to batch {small} "
+                        "changes test accuracy by " + ", ".join(f"{n.upper()} {change[n]:+.2f}" for n in NORMS)
+                        + (" points: BN, whose statistics come from the batch, loses by far the most." if bn_most
+                           else " points.")))
     rob = read_jsons(ROOT / "runs" / "robustness")
     if {r["norm"] for r in rob} == set(NORMS):
         avg = lambda norm, get: statistics.mean(get(r) for r in rob if r["norm"] == norm)
         logit = max(r["max_logit_change_scale_2"] for r in rob if r["norm"] != "bn")
         out.append(dict(title="Contrast", value=logit, text=f"doubling the input changes GN's and LN's logits by at "
-                        f"most {logit:.0e} (they are invariant to its scale by construction); at four times the "
+                        f"most {logit:.1e} (they are invariant to its scale by construction); at four times the "
                         f"contrast BN falls from {avg('bn', lambda r: r['clean_acc']):.2f} % to "
                         f"{avg('bn', lambda r: r['scale']['4.0']):.2f} % (mean of {sum(r['norm'] == 'bn' for r in rob)} seeds)."))
         changed = {n: avg(n, lambda r: r["batch"]["2"]["changed"]) for n in NORMS}
@@ -1142,7 +1143,7 @@ def plot_answer(rows: list[dict], sweep: list[dict]):
         left.scatter([i + 0.18] * len(accs), accs, s=14, color=COLORS[r["norm"]], alpha=0.6)
     left.set_xticks(range(len(rows)), [r["model"].split(" ")[0] for r in rows])
     left.set(ylabel="test accuracy (%)", xlim=(-0.5, len(rows) - 0.5),
-             title=f"Full runs: mean ± std, dots: {rows[0]['seeds']} seeds")
+             title=f"Full runs: mean ± std, dots: {min(r['seeds'] for r in rows)} seeds")
     for norm in NORMS:
         points = sorted((p["batch_size"], p["final_test_acc"]) for p in sweep if p["norm"] == norm)
         batches = sorted({b for b, _ in points})

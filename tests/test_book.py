@@ -104,7 +104,7 @@ def each_page(site, tmp_path, width, height, pages, label):
 
 
 def test_desktop_answer_first_images_and_links(site, tmp_path):
-    for page, browser in each_page(site, tmp_path, 1366, 768, ["intro", "results", "why", "runs/bn"], "desktop"):
+    for page, browser in each_page(site, tmp_path, 1366, 768, CHAPTERS, "desktop"):
         images = browser.execute_script(
             "return Array.from(document.images).map(i => [i.currentSrc || i.src, i.complete, i.naturalWidth])")
         assert not [src for src, ok, w in images if not ok or w == 0], f"{page}: images that did not load"
