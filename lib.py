@@ -1136,23 +1136,24 @@ def plot_answer(rows: list[dict], sweep: list[dict]):
     """The book's key figure: final test accuracy per norm (every seed, mean ± std), beside test accuracy
     against batch size from the batch sweep (mean over its seeds)."""
     import matplotlib.pyplot as plt
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.3), gridspec_kw=dict(width_ratios=(1, 1.4)))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.3), gridspec_kw=dict(width_ratios=(1, 1.4)))   # phone-legible
     for i, r in enumerate(rows):
         accs = [m["final_test_acc"] for m in seed_runs(main_runs()[r["norm"]])]
         left.errorbar(i, r["test_mean"], yerr=r["test_std"], fmt="o", ms=9, capsize=6, color=COLORS[r["norm"]])
         left.scatter([i + 0.18] * len(accs), accs, s=14, color=COLORS[r["norm"]], alpha=0.6)
-    left.set_xticks(range(len(rows)), [r["model"].split(" ")[0] for r in rows])
+    left.set_xticks(range(len(rows)), [r["norm"].upper() for r in rows])
     left.set(ylabel="test accuracy (%)", xlim=(-0.5, len(rows) - 0.5),
-             title=f"Full runs: mean ± std, dots: {min(r['seeds'] for r in rows)} seeds")
+             title=f"20 epochs: mean ± std, dots: {min(r['seeds'] for r in rows)} seeds", xlabel="")
     for norm in NORMS:
         points = sorted((p["batch_size"], p["final_test_acc"]) for p in sweep if p["norm"] == norm)
         batches = sorted({b for b, _ in points})
         means = [statistics.mean(a for b2, a in points if b2 == b) for b in batches]
-        right.plot(batches, means, "o-", color=COLORS[norm], label=norm.upper())
+        right.plot(batches, means, "o-", color=COLORS[norm])
+        right.annotate(norm.upper(), (batches[-1], means[-1]), xytext=(6, 0), textcoords="offset points",
+                       va="center", color=COLORS[norm], fontweight="bold")      # labels at the lines' ends
     right.set_xscale("log", base=2)
     right.set_xticks(batches, [str(b) for b in batches])
-    right.set(xlabel="batch size", ylabel="test accuracy (%)", title="Shorter runs: accuracy against batch size")
-    right.legend(fontsize=9)
+    right.set(xlabel="batch size", ylabel="", title="Shorter runs, by batch size")
     fig.tight_layout()
     return fig
 
