@@ -1,4 +1,4 @@
-"""The three 20-epoch runs on one GPU: the GPU half of the speed issue's targets (all three in <= 60 s).
+"""The three 20-epoch runs on one GPU, timed with and without CUDA graphs (all three in <= 60 s).
 
 Trains BN, GN and LN once each (seed 0, all 50,000 training images, 20 epochs, lib.RECIPE, per-epoch
 test evaluation as in the report) with lib.train(), one after another in one process on the first CUDA

@@ -1,9 +1,9 @@
-"""Training throughput of lib.py against a seed-style PyTorch pipeline, on this machine.
+"""Training throughput of lib.py against a tutorial-style PyTorch pipeline, on this machine.
 
 For each norm at batch 128, in training mode:
   lib         lib.train(): data held as uint8 tensors, whole-batch augmentation, bf16 autocast where
               the CPU has it, channels_last where it pays, one host sync per epoch (evaluation excluded)
-  seed-style  the usual tutorial pipeline: a CIFAR10-like Dataset of uint8 arrays with per-image PIL
+  tutorial-style  the usual tutorial pipeline: a CIFAR10-like Dataset of uint8 arrays with per-image PIL
               transforms (RandomHorizontalFlip, ToTensor, Normalize), a DataLoader with 2 worker
               processes, a plain fp32 SGD loop
 each timed twice, interleaved, keeping the faster of each.
