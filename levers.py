@@ -8,8 +8,12 @@ key that lib.train reads; with its default, lib.train never imports this module.
   training images' 3x3 patches (eigenvectors of their covariance over sqrt(eigenvalue)).
 - dirac=True: every 3x3 conv with as many outputs as inputs starts as the identity.
 - flip="alternate": each image is flipped at random in the first epoch, then on alternate epochs.
+- ema > 0: the weights' exponential moving average is evaluated and saved instead (WeightAverage).
+- weight_std=True: every 3x3 conv standardizes its filters in each forward pass (StandardizedConv2d).
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn as nn
@@ -107,3 +111,32 @@ def alternating_flip(x: torch.Tensor, first_flip: torch.Tensor, epoch: int) -> t
     """Flip the images whose `first_flip` is set in odd epochs (1, 3, ...), the others in even ones."""
     flip = first_flip ^ (epoch % 2 == 0)
     return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+class StandardizedConv2d(nn.Conv2d):
+    """Weight Standardization (Qiao et al. 2019): in every forward pass each output filter's weights are
+    standardized (zero mean, unit variance over input channels x kernel); no extra parameters."""
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.var(dim=(1, 2, 3), unbiased=False, keepdim=True) + 1e-5).sqrt()
+        return self._conv_forward(x, w, self.bias)
+
+
+class WeightAverage:
+    """An exponential moving average of the weights (and BN's running statistics), updated after every
+    step; with the recipe's `ema`, it is what gets evaluated, reported and returned."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.model, self.decay = copy.deepcopy(model), decay
+        pairs = [(a, b) for a, b in zip(self.model.state_dict().values(), model.state_dict().values())
+                 if a.is_floating_point()]
+        self.averaged, self.live = [a for a, _ in pairs], [b for _, b in pairs]
+
+    def update(self) -> None:
+        torch._foreach_lerp_(self.averaged, self.live, 1.0 - self.decay)
+
+    def final(self, live_model: nn.Module) -> nn.Module:
+        """The averaged model, with the live model's counters and other non-float buffers."""
+        self.model.load_state_dict({**live_model.state_dict(), **{k: v for k, v in self.model.state_dict().items()
+                                                                  if v.is_floating_point()}})
+        return self.model

@@ -1,10 +1,12 @@
 """normbook: Batch, Group and Layer Normalization compared on CIFAR-10, everything else held fixed.
 
-The report's engine, read top to bottom in eight sections: configuration, data, model, training,
-artifacts, evaluation, findings, figures. The notebooks in book/ call into it. Beside it:
-experiments.py runs the experiments, whose plans are data files (runs/<folder>/plan.json);
-robustness.py evaluates the saved models under shifted inputs; cuda_graphs.py is the GPU's training
-step; publish.py writes the README's results block and the notebooks' Colab cell.
+The report's engine, read top to bottom in six sections: configuration, data, model, training,
+artifacts, evaluation. The notebooks in book/ call into it and into report.py, which turns the run
+artifacts into the summary, findings and figures they print. Beside them: experiments.py runs the
+experiments, whose plans are data files (runs/<folder>/plan.json); levers.py holds the training options
+those experiments measure and the recipe leaves off; robustness.py holds the training trace and the
+evaluations under shifted inputs; cuda_graphs.py is the GPU's training step; publish.py writes the
+README's results block and the notebooks' Colab cell.
 """
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -65,7 +66,6 @@ RECIPE = dict(
 )
 OPTIMIZERS = ("SGD-Nesterov", "AdamW", "Muon")
 PRECISIONS = ("auto", "bf16", "fp32")
-
 # Keys added to RECIPE after some committed runs were made, with the value those runs used.
 RECIPE_ADDED_LATER = dict(shortcuts=False, activation="relu", cutout=0, ema=0.0, widths=None, weight_std=False,
                           muon_lr=0.05, whiten="off", dirac=False)
@@ -104,9 +104,9 @@ def check_params(norm: str, epochs: int = MAX_EPOCHS, batch_size: int = MAIN_BAT
     check_int("subset", subset, 0, FULL_TRAIN)
     check_int("batch_size", batch_size, 1, subset or FULL_TRAIN)
     choose("precision", precision, PRECISIONS)
-    if groups is not None and norm != "gn":
-        raise NormbookError(f"groups={groups!r} only applies to norm='gn', not {norm!r}")
     if groups is not None:
+        if norm != "gn":
+            raise NormbookError(f"groups={groups!r} only applies to norm='gn', not {norm!r}")
         group_count(groups, GN_GROUPS)          # raises on a malformed value
 
 
@@ -140,26 +140,22 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _cpuinfo() -> str:
+    return Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+
+
 def bf16_supported(device: torch.device) -> bool:
     """bf16 autocast pays only where the hardware has bf16 arithmetic (AVX512-BF16/AMX, or a GPU)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return any(flag in _cpuinfo() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        name = next(l.split(":", 1)[1].strip() for l in cpuinfo.splitlines() if l.startswith("model name"))
-    except (OSError, StopIteration):
-        name = platform.processor() or platform.machine()
-    return f"CPU: {name}, {os.cpu_count()} cores"
+    names = [l.split(":", 1)[1].strip() for l in _cpuinfo().splitlines() if l.startswith("model name")]
+    return f"CPU: {names[0] if names else platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
 # =============================================================================================
@@ -169,11 +165,13 @@ def device_name(device: torch.device) -> str:
 # with a fingerprint of the files it came from; training holds it in memory (on the GPU when there
 # is one) and augments whole batches with tensor ops, so no per-image Python work happens in the loop.
 
-class Cifar10:
+class Cifar10(NamedTuple):
     """CIFAR-10 as uint8 tensors: train_x (N,3,32,32), train_y (N,), test_x, test_y, and `source`."""
-
-    def __init__(self, train_x, train_y, test_x, test_y, source: str):
-        self.train_x, self.train_y, self.test_x, self.test_y, self.source = train_x, train_y, test_x, test_y, source
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    source: str
 
     def subset(self, n: int, n_test: int | None = None) -> "Cifar10":
         """The first n train and first n_test (default n) test images; n=0: everything."""
@@ -198,40 +196,6 @@ class Cifar10:
         return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
-def _image_files(split_dir: Path, name: str) -> list[Path]:
-    return sorted(f for f in (split_dir / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _read_image_folder(split_dir: Path, expected_per_class: int | None):
-    """Decode an ImageFolder split (split_dir/<class>/*) into uint8 tensors, checking the classes."""
-    from PIL import Image
-    import numpy as np
-
-    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
-    if tuple(found) != tuple(sorted(CLASSES)):
-        raise NormbookError(f"{split_dir} has class folders {found}; expected the 10 CIFAR-10 classes {list(CLASSES)}")
-    images, labels = [], []
-    for label, name in enumerate(CLASSES):
-        files = _image_files(split_dir, name)
-        if not files or (expected_per_class is not None and len(files) != expected_per_class):
-            raise NormbookError(f"{split_dir / name} holds {len(files)} images; expected "
-                                f"{expected_per_class or 'at least one'}")
-        for f in files:
-            try:
-                with Image.open(f) as im:
-                    arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-            except OSError as e:
-                raise NormbookError(f"{f} cannot be decoded ({e}); replace it or unpack the data again") from None
-            if arr.shape != (32, 32, 3):
-                raise NormbookError(f"{f} is {arr.shape[1]}x{arr.shape[0]}; CIFAR-10 images are 32x32")
-            images.append(arr)
-        labels += [label] * len(files)
-    return interleaved(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2), torch.tensor(labels, dtype=torch.int64))
-
-
 def interleaved(x: torch.Tensor, y: torch.Tensor):
     """The images reordered one of each class in turn, so that any prefix (a smoke-run subset, a
     validation split's complement) holds every class in equal measure."""
@@ -242,28 +206,41 @@ def interleaved(x: torch.Tensor, y: torch.Tensor):
     return x[order].contiguous(), y[order]
 
 
+def _read_image_folder(split_dir: Path, per_class: int | None):
+    """Decode an ImageFolder split (split_dir/<class>/*) into uint8 tensors, checking what it holds."""
+    from PIL import Image
+    import numpy as np
+    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    if found != sorted(CLASSES):
+        raise NormbookError(f"{split_dir} has class folders {found}; expected the 10 CIFAR-10 classes {list(CLASSES)}")
+    images, labels = [], []
+    for label, name in enumerate(CLASSES):
+        files = sorted(f for f in (split_dir / name).iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        if not files or (per_class is not None and len(files) != per_class):
+            raise NormbookError(f"{split_dir / name} holds {len(files)} images; expected {per_class or 'at least one'}")
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    images.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+            except OSError as e:
+                raise NormbookError(f"{f} cannot be decoded ({e}); replace it or unpack the data again") from None
+            if images[-1].shape != (32, 32, 3):
+                raise NormbookError(f"{f} is {images[-1].shape[1]}x{images[-1].shape[0]}; CIFAR-10 images are 32x32")
+        labels += [label] * len(files)
+    return interleaved(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2), torch.tensor(labels, dtype=torch.int64))
+
+
+CACHE = "cifar10_uint8.pt"
+
+
 def data_fingerprint(data_dir: Path) -> str:
-    """SHA-256 over the name, size and modification time of every data file: the cache's key."""
+    """SHA-256 over the path, size, modification time and inode of every file under data_dir but the
+    cache: the cache's key."""
     h = hashlib.sha256()
-    for split in ("train", "test"):
-        for name in CLASSES:
-            if (data_dir / split / name).is_dir():
-                for f in _image_files(data_dir / split, name):
-                    st = f.stat()
-                    h.update(f"{split}/{name}/{f.name} {st.st_size} {st.st_mtime_ns} {st.st_ino}\n".encode())
-    for f in sorted((data_dir / "cifar-10-batches-py").glob("*_batch*")):
+    for f in sorted(p for p in Path(data_dir).rglob("*") if p.is_file() and p.name != CACHE):
         st = f.stat()
-        h.update(f"{f.name} {st.st_size} {st.st_mtime_ns}\n".encode())
+        h.update(f"{f.relative_to(data_dir)} {st.st_size} {st.st_mtime_ns} {st.st_ino}\n".encode())
     return h.hexdigest()
-
-
-def _read_cache(cache: Path, fingerprint: str) -> dict | None:
-    """The cached tensors if the cache is readable and was built from these files; else None."""
-    try:
-        d = torch.load(cache, weights_only=True)
-        return d if isinstance(d, dict) and d.get("fingerprint") == fingerprint else None
-    except Exception:           # missing, truncated, garbage or from another version: rebuild
-        return None
 
 
 def load_cifar10(data_dir: str | Path = "data", full: bool = True) -> Cifar10:
@@ -275,44 +252,41 @@ def load_cifar10(data_dir: str | Path = "data", full: bool = True) -> Cifar10:
     The decoded tensors are cached in data_dir/cifar10_uint8.pt with a fingerprint of the files; a
     cache that is unreadable or does not match the files is rebuilt; a read-only data_dir is not cached.
     """
-    data_dir = Path(data_dir)
-    if not data_dir.is_absolute():
-        data_dir = ROOT / data_dir
-    splits = {s: (data_dir / s).is_dir() for s in ("train", "test")}
-    if any(splits.values()) and not all(splits.values()):
-        missing = next(s for s, there in splits.items() if not there)
-        raise NormbookError(f"{data_dir / missing} is missing: an ImageFolder copy of CIFAR-10 needs both "
-                            f"train/ and test/ (make data unpacks them)")
-    cache = data_dir / "cifar10_uint8.pt"
+    data_dir = ROOT / data_dir                    # an absolute data_dir stays as it is
+    has = {s: (data_dir / s).is_dir() for s in ("train", "test")}
+    if has["train"] != has["test"]:
+        raise NormbookError(f"{data_dir / min(has, key=has.get)} is missing: an ImageFolder copy of CIFAR-10 "
+                            "needs both train/ and test/ (make data unpacks them)")
     fingerprint = data_fingerprint(data_dir) if data_dir.is_dir() else ""
-    d = _read_cache(cache, fingerprint) if fingerprint else None
-    if d is not None and (not full or (len(d["train_y"]), len(d["test_y"])) == (FULL_TRAIN, FULL_TEST)):
+    try:
+        d = torch.load(data_dir / CACHE, weights_only=True)
+    except Exception:           # missing, truncated, garbage or from another version: rebuild
+        d = None
+    if (isinstance(d, dict) and fingerprint and d.get("fingerprint") == fingerprint
+            and (not full or (len(d["train_y"]), len(d["test_y"])) == (FULL_TRAIN, FULL_TEST))):
         return Cifar10(d["train_x"], d["train_y"], d["test_x"], d["test_y"], d["source"])
-
-    if all(splits.values()):
-        train_x, train_y = _read_image_folder(data_dir / "train", FULL_COUNTS["train"] if full else None)
-        test_x, test_y = _read_image_folder(data_dir / "test", FULL_COUNTS["test"] if full else None)
+    if has["train"]:
+        train = _read_image_folder(data_dir / "train", FULL_COUNTS["train"] if full else None)
+        test = _read_image_folder(data_dir / "test", FULL_COUNTS["test"] if full else None)
         source = f"ImageFolder tree at {data_dir.name}/ (offline JPEG copy of CIFAR-10)"
     else:
         import torchvision
         try:
-            train = torchvision.datasets.CIFAR10(data_dir, train=True, download=True)
-            test = torchvision.datasets.CIFAR10(data_dir, train=False, download=True)
+            train, test = (torchvision.datasets.CIFAR10(data_dir, train=t, download=True) for t in (True, False))
         except Exception as e:  # offline, or the host is down
             raise NormbookError(
                 f"CIFAR-10 is not in {data_dir} and could not be downloaded ({type(e).__name__}). "
                 f"Offline? Unpack an ImageFolder copy there: mkdir -p {data_dir} && "
                 f"tar xzf cifar10-jpeg.tar.gz -C {data_dir} --strip-components=1  (or: make data)") from None
-        train_x, train_y = interleaved(torch.from_numpy(train.data).permute(0, 3, 1, 2), torch.tensor(train.targets))
-        test_x, test_y = interleaved(torch.from_numpy(test.data).permute(0, 3, 1, 2), torch.tensor(test.targets))
-        source = "official CIFAR-10 (torchvision download)"
-        fingerprint = data_fingerprint(data_dir)
+        train, test = (interleaved(torch.from_numpy(s.data).permute(0, 3, 1, 2), torch.tensor(s.targets))
+                       for s in (train, test))
+        source, fingerprint = "official CIFAR-10 (torchvision download)", data_fingerprint(data_dir)
+    data = Cifar10(*train, *test, source)
     try:
-        save_tensors(dict(train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, source=source,
-                          fingerprint=fingerprint), cache)
+        save_tensors(dict(data._asdict(), fingerprint=fingerprint), data_dir / CACHE)
     except OSError:
         pass                    # a read-only data folder: decode again next time
-    return Cifar10(train_x, train_y, test_x, test_y, source)
+    return data
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, flip: bool = True, translate: int = 0,
@@ -325,25 +299,21 @@ def augment(x: torch.Tensor, generator: torch.Generator, flip: bool = True, tran
     `fill`, one value per channel (default 0; the training mean makes it 0 after normalization).
     """
     n, c, h, w = x.shape
+    ar = lambda k: torch.arange(k, device=x.device)
+    draw = lambda high: torch.randint(0, high, (n,), generator=generator, device=x.device)
     if flip:
         flip_mask = torch.rand(n, generator=generator, device=x.device) < 0.5
         x = torch.where(flip_mask[:, None, None, None], x.flip(3), x)
     if translate > 0:
         t = translate
         padded = F.pad(x.float(), (t, t, t, t), mode="reflect").to(x.dtype)
-        dy = torch.randint(0, 2 * t + 1, (n,), generator=generator, device=x.device)
-        dx = torch.randint(0, 2 * t + 1, (n,), generator=generator, device=x.device)
-        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]   # (N,1,H,1)
-        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]   # (N,1,1,W)
-        batch = torch.arange(n, device=x.device)[:, None, None, None]
-        chan = torch.arange(c, device=x.device)[None, :, None, None]
-        x = padded[batch, chan, rows, cols]
+        dy, dx = draw(2 * t + 1), draw(2 * t + 1)
+        rows, cols = (dy[:, None] + ar(h))[:, None, :, None], (dx[:, None] + ar(w))[:, None, None, :]
+        x = padded[ar(n)[:, None, None, None], ar(c)[None, :, None, None], rows, cols]
     if cutout > 0:
-        cy = torch.randint(0, h, (n,), generator=generator, device=x.device) - cutout // 2   # top-left corner
-        cx = torch.randint(0, w, (n,), generator=generator, device=x.device) - cutout // 2
-        ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
-        in_y = (ys >= cy[:, None]) & (ys < cy[:, None] + cutout)                           # (N, H)
-        in_x = (xs >= cx[:, None]) & (xs < cx[:, None] + cutout)                           # (N, W)
+        cy, cx = draw(h) - cutout // 2, draw(w) - cutout // 2                 # top-left corner
+        in_y = (ar(h) >= cy[:, None]) & (ar(h) < cy[:, None] + cutout)          # (N, H)
+        in_x = (ar(w) >= cx[:, None]) & (ar(w) < cx[:, None] + cutout)          # (N, W)
         fill = torch.zeros(c) if fill is None else torch.as_tensor(fill)
         x = torch.where((in_y[:, :, None] & in_x[:, None, :])[:, None], fill.to(x).view(1, c, 1, 1), x)
     return x
@@ -397,15 +367,6 @@ def make_norm(norm: str, channels: int, groups: int | str = GN_GROUPS) -> nn.Mod
     return nn.GroupNorm(g, channels)
 
 
-class StandardizedConv2d(nn.Conv2d):
-    """Weight Standardization (Qiao et al. 2019): in every forward pass each output filter's weights are
-    standardized (zero mean, unit variance over input channels x kernel); no extra parameters."""
-    def forward(self, x):
-        w = self.weight
-        w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.var(dim=(1, 2, 3), unbiased=False, keepdim=True) + 1e-5).sqrt()
-        return self._conv_forward(x, w, self.bias)
-
-
 class Residual(nn.Sequential):
     """x + layers(x): an identity shortcut around layers that keep the width."""
     def forward(self, x):
@@ -419,25 +380,21 @@ class Net(nn.Sequential):
                  shortcuts: bool = RECIPE["shortcuts"], activation: str = RECIPE["activation"],
                  weight_std: bool = RECIPE["weight_std"]):
         choose("activation", activation, ACTIVATIONS)
+        if weight_std:
+            from levers import StandardizedConv2d
         conv3x3 = StandardizedConv2d if weight_std else nn.Conv2d
         widths = {**WIDTHS, **(widths or {})}             # a partial dict changes only the layers it names
         layers, c_in = {}, 3
         for name in LAYERS:
-            if name.startswith("C"):                                   # 3x3 conv, norm, activation
-                c_out = widths[name]
+            c_out = len(CLASSES) if name == "c10" else widths.get(name, c_in)
+            if name[0] == "C":                                         # 3x3 conv, norm, activation
                 layers[name] = nn.Sequential(conv3x3(c_in, c_out, 3, padding=1, bias=False),
                                              make_norm(norm, c_out, groups), ACTIVATIONS[activation]())
-                c_in = c_out
-            elif name in ("c3", "c6"):                                 # 1x1 transition
-                c_out = widths[name]
+            elif name[0] == "c":                                       # 1x1: transitions c3, c6; logits c10
                 layers[name] = nn.Conv2d(c_in, c_out, 1, bias=False)
-                c_in = c_out
-            elif name.startswith("P"):
-                layers[name] = nn.MaxPool2d(2)
-            elif name == "GAP":
-                layers[name] = nn.AdaptiveAvgPool2d(1)
-            elif name == "c10":
-                layers[name] = nn.Conv2d(c_in, len(CLASSES), 1, bias=False)
+            else:
+                layers[name] = nn.MaxPool2d(2) if name[0] == "P" else nn.AdaptiveAvgPool2d(1)
+            c_in = c_out
         for first, last in SHORTCUTS if shortcuts else ():
             span = LAYERS[LAYERS.index(first):LAYERS.index(last) + 1]
             before = [n for n in LAYERS[:LAYERS.index(first)] if n in widths][-1]
@@ -464,9 +421,9 @@ def build_model(norm: str, groups: int | str | None = None, recipe: dict | None 
     recipe = {**RECIPE, **(recipe or {})}
     model = Net(norm, GN_GROUPS if groups is None else groups, recipe["widths"], recipe["shortcuts"],
                 recipe["activation"], recipe["weight_std"])
-    n = count_params(model)
-    if n >= MAX_PARAMS:
-        raise NormbookError(f"the {norm} model has {n:,} parameters; the budget is fewer than {MAX_PARAMS:,}")
+    if count_params(model) >= MAX_PARAMS:
+        raise NormbookError(f"the {norm} model has {count_params(model):,} parameters; the budget is fewer "
+                            f"than {MAX_PARAMS:,}")
     return model
 
 
@@ -474,20 +431,14 @@ def fast_memory_format(norm: str, device: torch.device):
     """channels_last speeds up the convolutions (1.7-2.3x for BN and LN in bf16 on the CPU), but
     PyTorch's CPU GroupNorm kernel with several groups is slower in it, so GN stays NCHW there.
     A layout choice only: the arithmetic is the same (LN, GroupNorm(1, C), is fast either way)."""
-    if device.type == "cpu" and norm == "gn":
-        return torch.contiguous_format
-    return torch.channels_last
+    return torch.contiguous_format if device.type == "cpu" and norm == "gn" else torch.channels_last
 
 
 def norm_statistics(model: nn.Module, batch_size: int) -> int:
-    """How many statistics (means plus variances) the model's norm layers compute per forward pass."""
-    total = 0
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            total += 2 * m.num_features                  # one mean, one variance per channel
-        elif isinstance(m, nn.GroupNorm):
-            total += 2 * batch_size * m.num_groups       # per sample and group
-    return total
+    """How many statistics (means plus variances) the model's norm layers compute per forward pass:
+    BN one mean and variance per channel, GN and LN one per sample and group."""
+    return sum(2 * m.num_features if isinstance(m, nn.BatchNorm2d) else 2 * batch_size * m.num_groups
+               for m in model.modules() if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)))
 
 
 def receptive_field_table(model: nn.Module | None = None) -> list[dict]:
@@ -495,10 +446,9 @@ def receptive_field_table(model: nn.Module | None = None) -> list[dict]:
 
     r_out = r_in + (k - 1) * j_in ;  j_out = j_in * s   (j: the jump, input pixels per output step)
     """
-    model = model or build_model("bn")
     rows, r, j, size = [], 1, 1, 32
     names = iter(LAYERS)
-    for layer in model.flat():
+    for layer in (model or build_model("bn")).flat():
         op = layer[0] if isinstance(layer, nn.Sequential) else layer
         if isinstance(op, (nn.Conv2d, nn.MaxPool2d)):
             k, s = (v if isinstance(v, int) else v[0] for v in (op.kernel_size, op.stride))
@@ -517,8 +467,8 @@ def receptive_field_table(model: nn.Module | None = None) -> list[dict]:
 # =============================================================================================
 # train() reads like the fast single-file CIFAR-10 trainers: set up, then for each epoch augment the
 # whole epoch at once and run train_epoch (a loop of train_step), then evaluate. Optional parts stay
-# out of the loop's way: WeightAverage (the recipe's `ema`), Tracer (`trace_every`) and, on a GPU,
-# cuda_graphs.CudaGraphStep, which replays the whole step as a CUDA graph.
+# out of the loop's way: robustness.Tracer (`trace_every`), levers.WeightAverage (the recipe's `ema`) and,
+# on a GPU, cuda_graphs.CudaGraphStep, which replays the whole step as a CUDA graph.
 
 def one_cycle(step: int, total: int, peak: float, warmup: float) -> float:
     """Linear rise from 0 to peak over the first `warmup` fraction of steps, linear fall to 0 after."""
@@ -531,9 +481,8 @@ def one_cycle(step: int, total: int, peak: float, warmup: float) -> float:
 def make_optimizer(model: nn.Module, lr: float, recipe: dict) -> torch.optim.Optimizer:
     choose("optimizer", recipe["optimizer"], OPTIMIZERS)
     # Weight decay on conv weights only: decaying norm gammas/betas fights the normalization.
-    decay = [p for p in model.parameters() if p.ndim == 4]
-    no_decay = [p for p in model.parameters() if p.ndim != 4]
-    groups = [dict(params=decay, weight_decay=recipe["weight_decay"]), dict(params=no_decay, weight_decay=0.0)]
+    groups = [dict(params=[p for p in model.parameters() if p.ndim == 4], weight_decay=recipe["weight_decay"]),
+              dict(params=[p for p in model.parameters() if p.ndim != 4], weight_decay=0.0)]
     if recipe["optimizer"] == "AdamW":
         return torch.optim.AdamW(groups, lr=lr, betas=(recipe["momentum"], 0.999), foreach=True)
     sgd = torch.optim.SGD(groups, lr=lr, momentum=recipe["momentum"], nesterov=True, foreach=True)
@@ -571,65 +520,8 @@ def train_step(model, opt, x, y, lr: float, setup: LossSetup, sums) -> None:
     sums[1].add_((logits.argmax(1) == y).sum())
 
 
-class WeightAverage:
-    """An exponential moving average of the weights (and BN's running statistics), updated after every
-    step; with the recipe's `ema`, it is what gets evaluated, reported and returned."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.model, self.decay = copy.deepcopy(model), decay
-        pairs = [(a, b) for a, b in zip(self.model.state_dict().values(), model.state_dict().values())
-                 if a.is_floating_point()]
-        self.averaged, self.live = [a for a, _ in pairs], [b for _, b in pairs]
-
-    def update(self) -> None:
-        torch._foreach_lerp_(self.averaged, self.live, 1.0 - self.decay)
-
-    def final(self, live_model: nn.Module) -> nn.Module:
-        """The averaged model, with the live model's counters and other non-float buffers."""
-        self.model.load_state_dict({**live_model.state_dict(), **{k: v for k, v in self.model.state_dict().items()
-                                                                  if v.is_floating_point()}})
-        return self.model
-
-
-class Tracer:
-    """Every `every` steps, per normalized layer: the scale of the norm's input (the per-channel std,
-    its mean and std over channels), the norm's gamma (mean, std), and the norm of the conv weight and
-    of its gradient. It only reads tensors, so the training arithmetic and random streams are unchanged."""
-
-    KEYS = ("act_std_mean", "act_std_std", "gamma_mean", "gamma_std", "weight_norm", "grad_norm")
-
-    def __init__(self, model: Net, every: int):
-        self.every, self.armed, self.inputs = every, False, {}
-        self.layers = {name: block for name, block in zip(LAYERS, model.flat()) if name.startswith("C")}
-        self.trace = dict(every=every, step=[], lr=[], layers={n: {k: [] for k in self.KEYS} for n in self.layers})
-        self.hooks = [norm.register_forward_pre_hook(lambda mod, args, name=name: self._keep(name, args[0]))
-                      for name, (_, norm, _) in self.layers.items()]
-
-    def _keep(self, name, x):
-        if self.armed:
-            with torch.no_grad():
-                self.inputs[name] = x.detach().float().std(dim=(0, 2, 3))
-
-    def arm(self, step: int) -> None:
-        self.armed = step % self.every == 0
-
-    @torch.no_grad()
-    def record(self, step: int, lr: float) -> None:
-        if not self.armed:
-            return
-        self.trace["step"].append(step)
-        self.trace["lr"].append(lr)
-        for name, (conv, norm, _) in self.layers.items():
-            act, row = self.inputs.pop(name), self.trace["layers"][name]
-            grad = conv.weight.grad.norm() if conv.weight.grad is not None else 0.0     # 0: a frozen layer
-            for key, value in zip(self.KEYS, (act.mean(), act.std(), norm.weight.mean(), norm.weight.std(),
-                                              conv.weight.norm(), grad)):
-                row[key].append(float(value))
-        self.armed = False
-
-
 def train_epoch(model, opt, step_fn, epoch_x, epoch_y, batch_size: int, lrs, setup: LossSetup, sums,
-                average: WeightAverage | None, tracer: Tracer | None, first_step: int, bar) -> tuple[float, float]:
+                average, tracer, first_step: int, bar) -> tuple[float, float]:
     """One pass over an augmented epoch; returns (mean training loss, training accuracy in %)."""
     for t in sums:
         t.zero_()
@@ -638,12 +530,11 @@ def train_epoch(model, opt, step_fn, epoch_x, epoch_y, batch_size: int, lrs, set
             tracer.arm(first_step + k)
         step_fn(model, opt, epoch_x[i:i + batch_size], epoch_y[i:i + batch_size], lr, setup, sums)
         if tracer:
-            tracer.record(first_step + k, lr)
+            tracer.record(lr)
         if average:
             average.update()
         bar.update(1)
-    n = len(epoch_y)
-    return sums[0].item() / n, 100.0 * sums[1].item() / n
+    return sums[0].item() / len(epoch_y), 100.0 * sums[1].item() / len(epoch_y)
 
 
 class TrainingDiverged(RuntimeError):
@@ -668,11 +559,11 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = MAIN_BAT
     trace_every: record a Tracer point every that many steps (0: off), stored as metrics["trace"].
     """
     check_params(norm, epochs, batch_size, seed, subset, groups, precision, max_epochs)
+    check_int("trace_every", trace_every, 0)
     recipe = check_recipe({**RECIPE, **(recipe or {})})
     groups = GN_GROUPS if groups is None else groups
     device = torch.device(device) if device else pick_device()
     precision = ("bf16" if bf16_supported(device) else "fp32") if precision == "auto" else precision
-    check_int("trace_every", trace_every, 0)
     # The graphed step is plain SGD-Nesterov over every parameter, and a replay runs no hooks.
     graphable = recipe["optimizer"] == "SGD-Nesterov" and not trace_every and recipe["whiten"] != "frozen"
     cuda_graphs = device.type == "cuda" and graphable if cuda_graphs is None else cuda_graphs
@@ -694,29 +585,30 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = MAIN_BAT
         from levers import initialise
         initialise(model, recipe, normalize(train_x[:5000], mean_t, std_t))
 
-    n = len(train_y)
-    steps_per_epoch = math.ceil(n / batch_size)
-    total = epochs * steps_per_epoch
-    peak = recipe["peak_lr"] * batch_size / recipe["lr_batch"]
+    n, steps_per_epoch = len(train_y), math.ceil(len(train_y) / batch_size)
+    total, peak = epochs * steps_per_epoch, recipe["peak_lr"] * batch_size / recipe["lr_batch"]
     opt = make_optimizer(model, peak, recipe)
     # Autocast's weight-cast cache does not survive graph replays; without it, every step casts afresh.
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16",
                               cache_enabled=not cuda_graphs)
     setup = LossSetup(mean_t, std_t, layout, autocast, recipe["label_smoothing"])
     sums = (torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.int64))  # loss, correct
+    step_fn, average, tracer = train_step, None, None       # the optional parts, imported only when on
     if cuda_graphs:
         from cuda_graphs import CudaGraphStep
         step_fn = CudaGraphStep(model, opt, train_x[:batch_size], train_y[:batch_size], sums, setup)
-    else:
-        step_fn = train_step
-    average = WeightAverage(model, recipe["ema"]) if recipe["ema"] else None
-    evaluated = average.model if average else model
-    tracer = Tracer(model, trace_every) if trace_every else None
+    if recipe["ema"]:
+        from levers import WeightAverage
+        average = WeightAverage(model, recipe["ema"])
+    if trace_every:
+        from robustness import Tracer
+        tracer = Tracer(model, trace_every)
     cutout_fill = (mean_t * 255).round()                # the mean colour: 0 once normalized
 
     first_flip = torch.rand(n, generator=gen, device=device) < 0.5 if recipe["flip"] == "alternate" else None
     history, start, train_seconds = [], time.perf_counter(), 0.0
-    bar = _progress(total=total, disable=not progress, desc=f"{norm} seed {seed}", unit="step", mininterval=2)
+    from tqdm import tqdm         # plain text: papermill runs have no widget front end
+    bar = tqdm(total=total, disable=not progress, desc=f"{norm} seed {seed}", unit="step", mininterval=2)
     for epoch in range(1, epochs + 1):
         model.train()
         epoch_start = time.perf_counter()
@@ -733,7 +625,7 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = MAIN_BAT
         train_loss, train_acc = train_epoch(model, opt, step_fn, epoch_x, train_y[order], batch_size, lrs,
                                             setup, sums, average, tracer, first, bar)
         train_seconds += time.perf_counter() - epoch_start      # training only, evaluation excluded
-        test = evaluate(evaluated, test_x, test_y, mean_t, std_t, precision=precision,
+        test = evaluate(average.model if average else model, test_x, test_y, mean_t, std_t, precision=precision,
                         label_smoothing=recipe["label_smoothing"])
         if not all(map(math.isfinite, (train_loss, test["loss"]))):
             bar.close()
@@ -749,29 +641,20 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = MAIN_BAT
     final_tta = evaluate(model, test_x, test_y, mean_t, std_t, precision=precision, tta=True)
     metrics = dict(
         norm=norm, norm_name=NORM_NAMES[norm], groups=groups if norm == "gn" else None,
-        params=count_params(model), epochs=epochs, seed=seed, batch_size=batch_size,
-        history=history,
+        params=count_params(model), epochs=epochs, seed=seed, batch_size=batch_size, history=history,
         final_train_acc=history[-1]["train_acc"], final_test_acc=history[-1]["test_acc"],
         final_test_loss=history[-1]["test_loss"], final_test_acc_tta=final_tta["acc"],
         train_acc_note="running accuracy over each epoch's augmented batches, in training mode",
         tta=False, tta_note="final_test_acc is plain (no TTA); final_test_acc_tta averages with a flipped copy",
-        data=data.source, n_train=n, n_test=len(test_y), mean=mean, std=std,
-        recipe=recipe, peak_lr=peak, precision=precision, memory_format=str(layout).split(".")[-1],
-        cuda_graphs=cuda_graphs,
+        data=data.source, n_train=n, n_test=len(test_y), mean=mean, std=std, recipe=recipe, peak_lr=peak,
+        precision=precision, memory_format=str(layout).split(".")[-1], cuda_graphs=cuda_graphs,
         device=device_name(device), torch=torch.__version__, threads=torch.get_num_threads(),
         seconds=seconds, images_per_s=n * epochs / seconds,
-        train_seconds=train_seconds, train_images_per_s=n * epochs / train_seconds,
-    )
+        train_seconds=train_seconds, train_images_per_s=n * epochs / train_seconds)
     if tracer:
         metrics["trace"] = tracer.trace
-        for hook in tracer.hooks:
-            hook.remove()
+        tracer.close()
     return TrainedRun(model, metrics, dict(probs=test["probs"].float().cpu(), labels=test_y.cpu()))
-
-
-def _progress(**kw):
-    from tqdm import tqdm         # plain text: papermill runs have no widget front end
-    return tqdm(**kw)
 
 
 # =============================================================================================
@@ -822,8 +705,7 @@ def read_jsons(folder: Path, pattern: str = "*.json") -> list[dict]:
 
 
 def run_dir(out_dir: str | Path) -> Path:
-    out_dir = Path(out_dir)
-    return out_dir if out_dir.is_absolute() else ROOT / out_dir
+    return ROOT / out_dir                    # an absolute out_dir stays as it is
 
 
 def check_writable(out_dir: str | Path) -> Path:
@@ -831,22 +713,24 @@ def check_writable(out_dir: str | Path) -> Path:
     out = run_dir(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test."):
-            pass
+        tempfile.NamedTemporaryFile(dir=out, prefix=".write-test.").close()
     except OSError as e:
         raise NormbookError(f"out_dir={str(out_dir)!r} is not a writable folder ({e.strerror})") from None
     return out
 
 
-def _architecture(metrics: dict) -> str:
-    r = recorded_recipe(metrics)
-    return json.dumps(dict(norm=metrics["norm"], groups=metrics.get("groups"), widths=r["widths"] or WIDTHS,
-                           shortcuts=r["shortcuts"], activation=r["activation"],
-                           **({"weight_std": True} if r["weight_std"] else {})), sort_keys=True)
+def _checksum(path: Path, metrics: dict) -> str:
+    """SHA-256 of a run file; model.pt's covers the architecture its weights belong to."""
+    prefix = ""
+    if path.name == "model.pt":
+        r = recorded_recipe(metrics)
+        prefix = json.dumps(dict(norm=metrics["norm"], groups=metrics.get("groups"), widths=r["widths"] or WIDTHS,
+                                 shortcuts=r["shortcuts"], activation=r["activation"],
+                                 **({"weight_std": True} if r["weight_std"] else {})), sort_keys=True)
+    return hashlib.sha256(prefix.encode() + path.read_bytes()).hexdigest()
 
 
-def _sha256(path: Path, prefix: str = "") -> str:
-    return hashlib.sha256(prefix.encode() + Path(path).read_bytes()).hexdigest()
+RUN_FILES = ("model.pt", "predictions.pt")
 
 
 def save_run(model: nn.Module, metrics: dict, predictions: dict, out_dir: str | Path) -> Path:
@@ -861,23 +745,20 @@ def save_run(model: nn.Module, metrics: dict, predictions: dict, out_dir: str | 
 
 def seal_run(out: Path, metrics: dict) -> Path:
     """Write metrics.json with the checksums of the model.pt and predictions.pt beside it."""
-    metrics = dict(metrics, checksums={"model.pt": _sha256(out / "model.pt", _architecture(metrics)),
-                                       "predictions.pt": _sha256(out / "predictions.pt")})
-    write_json(metrics, out / "metrics.json")
+    write_json(dict(metrics, checksums={f: _checksum(out / f, metrics) for f in RUN_FILES}), out / "metrics.json")
     return out
 
 
-def verify_run(out_dir: str | Path, metrics: dict | None = None) -> dict:
+def verify_run(out_dir: str | Path) -> dict:
     """metrics.json of a run, after checking that model.pt and predictions.pt are the ones it names."""
     out = run_dir(out_dir)
-    metrics = metrics or read_json(out / "metrics.json")
-    sums = metrics.get("checksums")
-    if not sums:
+    metrics = read_json(out / "metrics.json")
+    if not metrics.get("checksums"):
         raise NormbookError(f"{out / 'metrics.json'} records no checksums: it was not written by save_run")
-    for name, prefix in (("model.pt", _architecture(metrics)), ("predictions.pt", "")):
+    for name in RUN_FILES:
         if not (out / name).exists():
             raise NormbookError(f"{out / name} is missing")
-        if _sha256(out / name, prefix) != sums[name]:
+        if _checksum(out / name, metrics) != metrics["checksums"][name]:
             raise NormbookError(f"{out / name} does not belong to {out / 'metrics.json'} (checksum or architecture "
                                 "differs): the run was replaced halfway or its files were mixed")
     return metrics
@@ -885,10 +766,9 @@ def verify_run(out_dir: str | Path, metrics: dict | None = None) -> dict:
 
 def load_run(out_dir: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild a saved, verified model from its metrics and weights: (model in eval mode, metrics)."""
-    out = run_dir(out_dir)
-    metrics = verify_run(out)
+    metrics = verify_run(out_dir)
     model = build_model(metrics["norm"], metrics.get("groups"), recorded_recipe(metrics))
-    model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    model.load_state_dict(torch.load(run_dir(out_dir) / "model.pt", weights_only=True))
     return model.eval(), metrics
 
 
@@ -900,32 +780,29 @@ def load_predictions(out_dir: str | Path) -> dict:
 
 def load_metrics(pattern: str = "*") -> list[dict]:
     """metrics.json of every run under runs/ whose folder name matches `pattern`."""
-    rows = []
-    for path in sorted((ROOT / "runs").glob(f"{pattern}/metrics.json")):
-        rows.append(dict(read_json(path), run=path.parent.name))
-    return rows
+    return [dict(read_json(p), run=p.parent.name) for p in sorted((ROOT / "runs").glob(f"{pattern}/metrics.json"))]
 
 
 # =============================================================================================
 # Evaluation
 # =============================================================================================
 
+def with_batch_stats(model: nn.Module) -> nn.Module:
+    """A copy whose BN layers normalize each batch with its own statistics, as in training, instead of
+    the running averages (which stay untouched). GN and LN have no running averages: no change."""
+    model = copy.deepcopy(model).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.train()
+    return model
+
+
 @torch.inference_mode()
 def predict(model, x_uint8, mean, std, precision="fp32", tta=False, batch_size=1000,
             batch_stats=False) -> torch.Tensor:
-    """Class probabilities (N, 10) in eval mode; with tta, averaged with the horizontally flipped image.
-
-    batch_stats: BatchNorm layers normalize each evaluation batch of `batch_size` images with that
-    batch's own statistics, as in training, instead of the running averages (on a copy of the model,
-    so its running averages stay untouched). No effect on GN and LN, which have no running averages.
-    """
-    if batch_stats:
-        model = copy.deepcopy(model).eval()
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.train()
-    else:
-        model.eval()
+    """Class probabilities (N, 10) in eval mode, `batch_size` images per forward pass; with tta, averaged
+    with the horizontally flipped image; with batch_stats, BN normalizes with each batch's own statistics."""
+    model = with_batch_stats(model) if batch_stats else model.eval()
     device = next(model.parameters()).device
     layout = fast_memory_format(model.norm, device)
     mean, std = torch.as_tensor(mean, device=device), torch.as_tensor(std, device=device)
@@ -965,238 +842,5 @@ def misclassified(probs: torch.Tensor, y: torch.Tensor, k: int = 10) -> list[dic
 
 def confusion_matrix(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """counts[true, predicted] over the test set."""
-    return torch.bincount(labels * len(CLASSES) + probs.argmax(1), minlength=len(CLASSES) ** 2).reshape(len(CLASSES), -1)
-
-
-def per_class_accuracy(cm: torch.Tensor) -> list[float]:
-    return (100.0 * cm.diag().float() / cm.sum(1).clamp_min(1).float()).tolist()
-
-
-def is_full_run(m: dict) -> bool:
-    return (m["n_train"], m["n_test"], m["epochs"]) == (FULL_TRAIN, FULL_TEST, MAX_EPOCHS)
-
-
-def main_runs(seed: int = 0) -> dict[str, dict]:
-    """The run of each norm that the book reports on (seed 0), keyed by norm; refuses a missing one."""
-    runs = {}
-    for norm in NORMS:
-        path = ROOT / "runs" / f"{norm}-s{seed}" / "metrics.json"
-        runs[norm] = dict(read_json(path), run=path.parent.name)
-    return runs
-
-
-def seed_runs(m: dict) -> list[dict]:
-    """Every run of m's norm trained like m (same data, epochs, batch, groups and recipe): its error bars."""
-    same = lambda r: (r["n_train"], r["n_test"], r["epochs"], r["batch_size"], r.get("groups"), recorded_recipe(r))
-    return [r for r in load_metrics(f"{m['norm']}-s[0-9]*") if same(r) == same(m)]
-
-
-def summary_rows() -> list[dict]:
-    """One row per norm: the seed-0 run's final accuracies, and mean/std of final test accuracy (and the
-    mean with flip TTA) over every run of that norm trained like seed 0, so a half-finished change of
-    recipe never mixes into the error bars. The book's and the README's tables both come from here."""
-    rows = []
-    for norm, m in main_runs().items():
-        seeds = seed_runs(m)
-        accs = [r["final_test_acc"] for r in seeds]
-        rows.append({
-            "norm": norm, "model": NORM_NAMES[norm], "params": m["params"],
-            "train_acc": m["final_train_acc"], "test_acc": m["final_test_acc"],
-            "test_acc_tta": m["final_test_acc_tta"], "minutes": m["seconds"] / 60,
-            "seeds": len(accs), "test_mean": statistics.mean(accs),
-            "test_std": statistics.stdev(accs) if len(accs) > 1 else float("nan"),
-            "tta_mean": statistics.mean(r["final_test_acc_tta"] for r in seeds),
-            "full": is_full_run(m), "data": m["data"], "device": m["device"],
-        })
-    return rows
-
-
-def seed_spread(rows) -> float:
-    """The largest seed-to-seed standard deviation of final test accuracy (nan if no row has two seeds)."""
-    return max((r["test_std"] for r in rows if r["seeds"] > 1), default=float("nan"))
-
-
-def mean_std_text(row: dict) -> str:
-    """'82.36 ± 0.27' over a row's seeds (or the seed-0 number alone)."""
-    return f"{row['test_mean']:.2f} ± {row['test_std']:.2f}" if row["seeds"] > 1 else f"{row['test_acc']:.2f}"
-
-
-# =============================================================================================
-# Findings
-# =============================================================================================
-# The short statements the results chapter and the README both print, computed once, here, from
-# the run artifacts: each is a dict with a `title`, a `text` and the `value` it rests on.
-
-def findings() -> list[dict]:
-    rows = {r["norm"]: r for r in summary_rows()}
-    runs = main_runs()
-    cms = {n: confusion_matrix(**load_predictions(f"runs/{m['run']}")) for n, m in runs.items()}
-    order = sorted(rows, key=lambda n: -rows[n]["test_mean"])
-    best, worst = order[0], order[-1]
-    spread = seed_spread(rows.values())
-    gap = rows[best]["test_mean"] - rows[worst]["test_mean"]
-    lowest = order[-2:]                                 # the two behind the best, higher first
-    diff = abs(rows[lowest[0]]["test_mean"] - rows[lowest[1]]["test_mean"])
-    seeds = min(r["seeds"] for r in rows.values())
-    out = [dict(title="Ranking", value=gap, text=" > ".join(f"{n.upper()} {mean_std_text(rows[n])} %" for n in order)
-                + " (final test accuracy, " + (f"mean ± std over {seeds} seeds): " if seeds > 1 else "seed 0): ")
-                + f"{best.upper()} leads {worst.upper()} by {gap:.2f} points; {lowest[0].upper()} and "
-                f"{lowest[1].upper()} differ by {diff:.2f}" + ("." if math.isnan(spread) else
-                f", {'below' if diff < 2 * spread else 'above'} twice the largest seed-to-seed std ({2 * spread:.2f})."))]
-    lead = {e: runs["bn"]["history"][e]["test_acc"] - max(runs[n]["history"][e]["test_acc"] for n in ("gn", "ln"))
-            for e in (0, -1)}
-    out.append(dict(title="Early epochs", value=lead[0], text=f"after one epoch BN's test accuracy is {lead[0]:+.1f} points "
-                    f"from the better of GN and LN, after the last {lead[-1]:+.1f} (seed 0)."))
-    pairs = {n: (cm + cm.T).triu(1) for n, cm in cms.items()}       # confusions between two classes, both ways
-    top = {n: divmod(int(p.argmax()), len(CLASSES)) for n, p in pairs.items()}
-    names = {n: f"{CLASSES[a]} ↔ {CLASSES[b]}" for n, (a, b) in top.items()}
-    out.append(dict(title="Most confused pair", value=min(int(pairs[n].max()) for n in cms), text=(
-        f"for every norm, {names['bn']}: " if len(set(names.values())) == 1 else "per norm: ")
-        + ", ".join(f"{n.upper()} {'' if len(set(names.values())) == 1 else names[n] + ' '}{int(pairs[n].max())}"
-                    for n in cms) + " test images go from one of the two to the other (seed 0)."))
-    sweep = read_jsons(ROOT / "runs" / "sweep-batch", "*-s*.json")
-    accs = {}
-    for p in sweep:
-        accs.setdefault(p["batch_size"], {}).setdefault(p["norm"], []).append(p["final_test_acc"])
-    done = sorted(b for b, by_norm in accs.items() if set(by_norm) == set(NORMS))    # every norm has run
-    if len(done) > 1:
-        small, large = done[0], done[-1]
-        change = {n: statistics.mean(accs[small][n]) - statistics.mean(accs[large][n]) for n in NORMS}
-        bn_most = change["bn"] < min(change["gn"], change["ln"]) and change["bn"] < 0
-        out.append(dict(title="Small batches", value=change["bn"], text=f"in shorter runs ({sweep[0]['budget']['n_train']:,} "
-                        f"images, {sweep[0]['budget']['epochs']} epochs), going from batch {large} to batch {small} "
-                        "changes test accuracy by " + ", ".join(f"{n.upper()} {change[n]:+.2f}" for n in NORMS)
-                        + (" points: BN, whose statistics come from the batch, loses by far the most." if bn_most
-                           else " points.")))
-    rob = read_jsons(ROOT / "runs" / "robustness")
-    if {r["norm"] for r in rob} == set(NORMS):
-        avg = lambda norm, get: statistics.mean(get(r) for r in rob if r["norm"] == norm)
-        logit = max(r["max_logit_change_scale_2"] for r in rob if r["norm"] != "bn")
-        out.append(dict(title="Contrast", value=logit, text=f"doubling the input changes GN's and LN's logits by at "
-                        f"most {logit:.1e} (they are invariant to its scale by construction); at four times the "
-                        f"contrast BN falls from {avg('bn', lambda r: r['clean_acc']):.2f} % to "
-                        f"{avg('bn', lambda r: r['scale']['4.0']):.2f} % (mean of {sum(r['norm'] == 'bn' for r in rob)} seeds)."))
-        changed = {n: avg(n, lambda r: r["batch"]["2"]["changed"]) for n in NORMS}
-        out.append(dict(title="Batch companions", value=changed["bn"], text="evaluated with batch statistics in batches "
-                        f"of 2, BN changes {changed['bn']:.1f} % of its predictions when only an image's companion "
-                        f"changes (GN {changed['gn']:.1f} %, LN {changed['ln']:.1f} %), and in one-class batches it "
-                        f"falls to {avg('bn', lambda r: r['one_class_batches_acc']):.2f} %."))
-    return out
-
-
-# =============================================================================================
-# Figures
-# =============================================================================================
-
-COLORS = {"bn": "#1f77b4", "gn": "#2ca02c", "ln": "#d62728"}
-
-
-def style():
-    """One look for every figure in the book."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-    sns.set_theme(context="notebook", style="whitegrid", font_scale=1.15)   # legible in a phone's column
-    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "savefig.bbox": "tight"})
-
-
-def plot_curves(runs: list[dict], title: str = "", seeds: dict[str, list[dict]] | None = None, last: int = 6):
-    """Loss and accuracy per epoch, train (dashed) and test (solid), one colour per norm; with `seeds`
-    (norm -> runs), a third panel zooms into the last epochs' test accuracy with the band over seeds."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-    fig = plt.figure(figsize=(10, 7.6 if seeds else 4))
-    grid = fig.add_gridspec(2 if seeds else 1, 2)
-    axes = [fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])] + ([fig.add_subplot(grid[1, :])] if seeds else [])
-    for m in runs:
-        ep = [h["epoch"] for h in m["history"]]
-        c, label = COLORS.get(m["norm"]), m["norm"].upper()
-        for ax, key in zip(axes, ("loss", "acc")):
-            ax.plot(ep, [h[f"train_{key}"] for h in m["history"]], "--", color=c, label=f"{label} train")
-            ax.plot(ep, [h[f"test_{key}"] for h in m["history"]], "-", color=c, label=f"{label} test")
-    for norm, group in (seeds or {}).items():
-        ep = [h["epoch"] for h in group[0]["history"]][-last:]
-        acc = torch.tensor([[h["test_acc"] for h in r["history"][-last:]] for r in group])
-        axes[2].fill_between(ep, acc.min(0).values, acc.max(0).values, color=COLORS[norm], alpha=0.2)
-        axes[2].plot(ep, acc.mean(0), "o-", color=COLORS[norm], label=f"{norm.upper()} (mean, {len(group)} seeds)")
-    for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0].set(xlabel="epoch", ylabel="cross-entropy (label smoothing 0.1)", title="Loss")
-    axes[1].set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
-    axes[1].legend(ncol=len(runs), fontsize=8, loc="lower right")
-    if seeds:
-        axes[2].set(xlabel="epoch", ylabel="test accuracy (%)", title=f"Test accuracy, last {last} epochs (band: seeds)")
-        axes[2].legend(fontsize=8, loc="lower right")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def plot_answer(rows: list[dict], sweep: list[dict]):
-    """The book's key figure: final test accuracy per norm (every seed, mean ± std), beside test accuracy
-    against batch size from the batch sweep (mean over its seeds)."""
-    import matplotlib.pyplot as plt
-    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.3), gridspec_kw=dict(width_ratios=(1, 1.4)))   # phone-legible
-    for i, r in enumerate(rows):
-        accs = [m["final_test_acc"] for m in seed_runs(main_runs()[r["norm"]])]
-        left.errorbar(i, r["test_mean"], yerr=r["test_std"], fmt="o", ms=9, capsize=6, color=COLORS[r["norm"]])
-        left.scatter([i + 0.18] * len(accs), accs, s=14, color=COLORS[r["norm"]], alpha=0.6)
-    left.set_xticks(range(len(rows)), [r["norm"].upper() for r in rows])
-    left.set(ylabel="test accuracy (%)", xlim=(-0.5, len(rows) - 0.5),
-             title=f"20 epochs: mean ± std, dots: {min(r['seeds'] for r in rows)} seeds", xlabel="")
-    for norm in NORMS:
-        points = sorted((p["batch_size"], p["final_test_acc"]) for p in sweep if p["norm"] == norm)
-        batches = sorted({b for b, _ in points})
-        means = [statistics.mean(a for b2, a in points if b2 == b) for b in batches]
-        right.plot(batches, means, "o-", color=COLORS[norm])
-        right.annotate(norm.upper(), (batches[-1], means[-1]), xytext=(6, 0), textcoords="offset points",
-                       va="center", color=COLORS[norm], fontweight="bold")      # labels at the lines' ends
-    right.set_xscale("log", base=2)
-    right.set_xticks(batches, [str(b) for b in batches])
-    right.set(xlabel="batch size", ylabel="", title="Shorter runs, by batch size")
-    fig.tight_layout()
-    return fig
-
-
-def plot_misclassified(x_uint8: torch.Tensor, mistakes: list[dict], title: str = ""):
-    """A 5x2 grid (5 columns, 2 rows) of misclassified images, each with true, predicted, confidence."""
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, 5, figsize=(10, 5.4))
-    for ax, m in zip(axes.flat, mistakes):
-        ax.imshow(x_uint8[m["index"]].permute(1, 2, 0).numpy(), interpolation="nearest")
-        ax.set_title(f"true: {m['true']}\npred: {m['pred']} ({100 * m['confidence']:.0f}%)", fontsize=11)
-    for ax in axes.flat:
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=13)
-    fig.tight_layout()
-    return fig
-
-
-def plot_confusion(cm: torch.Tensor, title: str = "", ax=None):
-    """Row-normalised confusion matrix in % (each row: where that class's test images went)."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6.4, 5.6))
-    pct = 100.0 * cm.float() / cm.sum(1, keepdim=True).clamp_min(1).float()
-    sns.heatmap(pct.numpy(), annot=True, fmt=".0f", cmap="Blues", cbar=False, ax=ax, vmax=30,
-                xticklabels=CLASSES, yticklabels=CLASSES, annot_kws={"fontsize": 10})
-    ax.set(xlabel="predicted", ylabel="true", title=title)
-    return ax
-
-
-def save_figure(fig, name: str) -> None:
-    """Save to book/figures/<name>.png (atomically); the README and the book show these files."""
-    atomic_write(ROOT / "book" / "figures" / f"{name}.png", lambda f: fig.savefig(f, format="png"))
-
-
-def table(df, formats: dict | None = None, precision: int = 2):
-    """A DataFrame as the book shows it: one format per column (floats to `precision` decimals unless
-    `formats` says otherwise), and the `dataframe` class that the book's stylesheet pads and scrolls."""
-    import pandas as pd
-    fmt = {c: f"{{:,.{precision}f}}" for c in df.columns if pd.api.types.is_float_dtype(df[c])}
-    fmt.update(formats or {})
-    text = [f"td.col{j}, th.col{j}" for j, c in enumerate(df.columns) if not pd.api.types.is_numeric_dtype(df.iloc[:, j])]
-    return (df.style.format(fmt, na_rep="—").hide(axis="index", names=True).set_table_attributes('class="dataframe"')
-            .set_table_styles([dict(selector=", ".join(text), props="text-align: left")] if text else []))
+    k = len(CLASSES)
+    return torch.bincount(labels * k + probs.argmax(1), minlength=k * k).reshape(k, k)

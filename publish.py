@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lib import NORM_NAMES, NORMS, ROOT, NormbookError, atomic_write, findings, mean_std_text, summary_rows
+from lib import NORM_NAMES, NORMS, ROOT, NormbookError, atomic_write
+from report import findings, mean_std_text, summary_rows
 
 README_START, README_END = "<!-- results:start (make readme) -->", "<!-- results:end -->"
 

@@ -1,11 +1,9 @@
-"""Evaluation and findings: predictions, confusion matrices, error bars, the README block."""
-import json
-
+"""Evaluation: predictions, the most confident mistakes, confusion matrices, and each saved run's accuracy."""
 import pytest
 import torch
 
 import lib
-import publish
+import report
 from conftest import train_tiny
 
 
@@ -17,7 +15,7 @@ def test_misclassified_are_the_most_confident_mistakes_and_confusion_matrix():
     assert wrong[0] == dict(index=3, true="airplane", pred="automobile", confidence=pytest.approx(0.8))
     cm = lib.confusion_matrix(probs, y)
     assert cm[0, 0] == 1 and cm[0, 1] == 2 and cm[1, 0] == 1 and cm.sum() == 4
-    assert lib.per_class_accuracy(cm)[:2] == [pytest.approx(100 / 3), 0.0]
+    assert report.per_class_accuracy(cm)[:2] == [pytest.approx(100 / 3), 0.0]
 
 
 def test_bn_batch_statistics_evaluation_leaves_the_model_alone(tiny_data):
@@ -31,102 +29,8 @@ def test_bn_batch_statistics_evaluation_leaves_the_model_alone(tiny_data):
     assert torch.allclose(a, lib.predict(ln, tiny_data.test_x, mln["mean"], mln["std"], batch_size=4, batch_stats=True))
 
 
-def fake_runs(root, accs: dict[str, list[float]], change: dict | None = None):
-    """metrics.json + predictions of made-up full runs: norm -> test accuracy per seed."""
-    labels = torch.arange(10).repeat(1000)
-    for norm, per_seed in accs.items():
-        for seed, acc in enumerate(per_seed):
-            out = root / "runs" / f"{norm}-s{seed}"
-            out.mkdir(parents=True)
-            probs = torch.nn.functional.one_hot(labels, 10).float()
-            probs[: int(round(100 * (100 - acc)))] = torch.roll(probs[: int(round(100 * (100 - acc)))], 1, 1)
-            torch.save({}, out / "model.pt")
-            lib.save_tensors(dict(probs=probs, labels=labels), out / "predictions.pt")
-            history = [dict(epoch=e, train_acc=acc - 1, test_acc=acc - 10 / e, train_loss=1.0, test_loss=1.0)
-                       for e in (1, 2)]
-            lib.seal_run(out, dict(norm=norm, params=1, final_train_acc=acc + 1, final_test_acc=acc,
-                                   final_test_acc_tta=acc + 1, seconds=60.0, data="d", device="cpu",
-                                   groups=8 if norm == "gn" else None, n_train=50_000, n_test=10_000,
-                                   epochs=lib.MAX_EPOCHS, batch_size=128, history=history,
-                                   recipe=dict(lib.RECIPE, **(change or {}) if seed == 2 else lib.RECIPE)))
-
-
-def test_error_bars_average_only_runs_trained_like_seed_0(tmp_path, monkeypatch):
-    monkeypatch.setattr(lib, "ROOT", tmp_path)
-    fake_runs(tmp_path, {"bn": [80.0, 82.0, 90.0], "gn": [70.0, 71.0], "ln": [75.0]}, change=dict(shortcuts=False))
-    rows = {r["norm"]: r for r in lib.summary_rows()}
-    assert (rows["bn"]["seeds"], rows["bn"]["test_mean"], rows["bn"]["tta_mean"]) == (2, 81.0, 82.0)
-    assert lib.mean_std_text(rows["bn"]) == "81.00 ± 1.41" and lib.mean_std_text(rows["ln"]) == "75.00"
-
-
-def fake_sweep(root, accs: dict[tuple[str, int], float]):
-    for (norm, batch), acc in accs.items():
-        lib.write_json(dict(norm=norm, batch_size=batch, final_test_acc=acc, budget=dict(n_train=100, epochs=1)),
-                       root / "runs" / "sweep-batch" / f"{norm}-b{batch}-gdefault-s0.json")
-
-
-def test_findings_come_from_the_artifacts(tmp_path, monkeypatch):
-    monkeypatch.setattr(lib, "ROOT", tmp_path)
-    fake_runs(tmp_path, {"bn": [82.0, 83.0], "gn": [80.0, 80.5], "ln": [79.0, 79.5]})
-    fake_sweep(tmp_path, {("bn", 128): 60.0, ("gn", 128): 55.0, ("ln", 128): 50.0,
-                          ("bn", 2): 50.0, ("gn", 2): 56.0, ("ln", 2): 50.0, ("bn", 8): 58.0})   # no GN/LN at 8
-    found = {f["title"]: f for f in lib.findings()}
-    assert found["Ranking"]["value"] == pytest.approx(82.5 - 79.25)
-    assert found["Ranking"]["text"].startswith("BN 82.50 ± 0.71 % > GN 80.25 ± 0.35 % > LN 79.25 ± 0.35 %")
-    assert found["Ranking"]["text"].endswith("GN and LN differ by 1.00, below twice the largest seed-to-seed std (1.41).")
-    assert "for every norm, airplane ↔ automobile" in found["Most confused pair"]["text"]   # the made-up mistakes
-    small = found["Small batches"]
-    assert small["value"] == -10.0 and "from batch 128 to batch 2" in small["text"]     # batch 8 is not done by all
-    assert small["text"].endswith("BN -10.00, GN +1.00, LN +0.00 points: BN, whose statistics come from the batch, "
-                                  "loses by far the most.")
-    fake_sweep(tmp_path, {("ln", 2): 35.0})
-    assert {f["title"]: f for f in lib.findings()}["Small batches"]["text"].endswith("LN -15.00 points.")
-    assert "Contrast" not in found                                     # no robustness results: no such finding
-
-
-def test_findings_with_one_seed_per_norm_say_nothing_of_a_spread(tmp_path, monkeypatch):
-    monkeypatch.setattr(lib, "ROOT", tmp_path)
-    fake_runs(tmp_path, {"bn": [82.0], "gn": [80.0], "ln": [79.0]})
-    ranking = lib.findings()[0]["text"]
-    assert ranking.endswith("GN and LN differ by 1.00.") and "nan" not in ranking
-
-
-def test_analysis_refuses_a_missing_or_unreadable_run_naming_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(lib, "ROOT", tmp_path)
-    fake_runs(tmp_path, {"bn": [82.0], "ln": [79.0]})
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# title\n{publish.README_START}\nold\n{publish.README_END}\n")
-    with pytest.raises(lib.NormbookError, match="gn-s0/metrics.json is missing"):
-        publish.update_readme(readme)
-    assert "old" in readme.read_text()
-    fake_runs(tmp_path, {"gn": [80.0]})
-    (tmp_path / "runs" / "gn-s0" / "metrics.json").write_text("{")
-    with pytest.raises(lib.NormbookError, match="gn-s0/metrics.json is unreadable"):
-        publish.update_readme(readme)
-
-
-def test_readme_block_is_generated_short_and_idempotent(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# title\n{publish.README_START}\nstale\n{publish.README_END}\nfooter\n")
-    publish.update_readme(readme)
-    text = readme.read_text()
-    assert text.startswith("# title\n") and text.endswith("footer\n") and "stale" not in text
-    block = text.split(publish.README_START)[1].split(publish.README_END)[0]
-    assert len(block.splitlines()) < 60
-    for r in lib.summary_rows():                                    # the committed runs' own numbers
-        assert f"| {r['model']} | {r['params']:,} | {r['train_acc']:.2f} | {r['test_acc']:.2f} | {lib.mean_std_text(r)}" in block
-    publish.update_readme(readme)
-    assert readme.read_text() == text
-
-
 def test_committed_predictions_give_back_each_main_runs_accuracy_exactly():
     for m in lib.load_metrics("*-s[0-9]"):
         p = lib.load_predictions(lib.ROOT / "runs" / m["run"])
         assert len(p["labels"]) == m["n_test"]
         assert lib.accuracy(p["probs"], p["labels"]) == m["final_test_acc"], m["run"]
-
-
-def test_the_committed_readme_block_is_what_the_artifacts_say():
-    text = (lib.ROOT / "README.md").read_text()
-    block = text.split(publish.README_START, 1)[1].split(publish.README_END, 1)[0]
-    assert block == "\n" + publish.readme_results(), "README.md is stale: run `make readme`"

@@ -1,12 +1,10 @@
 """End to end: papermill runs book/train.ipynb on a tiny data tree for one epoch; a failed by-hand run
 never replaces an executed notebook; every notebook can run in Colab."""
-import json
 import subprocess
 import sys
 
 import nbformat
 import pytest
-import torch
 
 import lib
 import publish

@@ -5,7 +5,6 @@ import torch
 
 import lib
 import robustness
-from conftest import train_tiny
 
 
 @pytest.fixture(scope="module")
