@@ -1,5 +1,5 @@
 """Training levers measured as experiments, not (yet) part of the reported recipe. Each is one recipe
-key that lib.train reads; with its default, lib.train never imports this module.
+key that lib reads (lib.train, or lib.Net for weight_std); with its default, lib never imports this module.
 
 - optimizer="Muon": the conv weights that feed a norm get the fast CIFAR-10 trainers' Muon step
   (each weight rescaled to norm sqrt(out channels), then a Nesterov momentum update orthogonalised by

@@ -38,7 +38,7 @@ MAX_EPOCHS = 20          # the exercise's ceiling
 MAX_PARAMS = 50_000      # the exercise's ceiling, strict: a model must have fewer
 GN_GROUPS = 8
 MAIN_BATCH = 128         # the batch size of the reported runs
-TRACE_EVERY = 40         # the reported runs record a Tracer point every 40 steps (196 per run)
+TRACE_EVERY = 40         # the reported runs record a robustness.Tracer point every 40 steps (196 per run)
 FULL_COUNTS = {"train": 5000, "test": 1000}   # images per class in CIFAR-10
 FULL_TRAIN, FULL_TEST = 10 * FULL_COUNTS["train"], 10 * FULL_COUNTS["test"]
 
@@ -59,7 +59,7 @@ RECIPE = dict(
     ema=0.0,                # per-step decay of an average of the weights, evaluated and saved instead; 0: off
     widths=None,            # the width of every conv (a dict like WIDTHS); None: WIDTHS
     weight_std=False,       # Weight Standardization of every 3x3 conv's filters (no parameters)
-    # Levers measured as experiments (levers.py); these values leave them off.
+    # More levers measured as experiments (levers.py, like ema and weight_std); these values leave them off.
     muon_lr=0.05,           # with optimizer="Muon": the peak LR of the 3x3 conv weights' Muon step
     whiten="off",           # "trainable" or "frozen": C1 starts as a whitening of 3x3 patches
     dirac=False,            # equal-width 3x3 convs start as the identity
@@ -141,7 +141,10 @@ def pick_device() -> torch.device:
 
 
 def _cpuinfo() -> str:
-    return Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -234,29 +237,29 @@ CACHE = "cifar10_uint8.pt"
 
 
 def data_fingerprint(data_dir: Path) -> str:
-    """SHA-256 over the path, size, modification time and inode of every file under data_dir but the
-    cache: the cache's key."""
+    """SHA-256 over the path, size, modification time and inode of every data file (the class folders'
+    images, or torchvision's batch files): the cache's key."""
+    files = [f for split in ("train", "test") for name in CLASSES if (data_dir / split / name).is_dir()
+             for f in sorted((data_dir / split / name).iterdir())]
     h = hashlib.sha256()
-    for f in sorted(p for p in Path(data_dir).rglob("*") if p.is_file() and p.name != CACHE):
+    for f in files + sorted((data_dir / "cifar-10-batches-py").glob("*_batch*")):
         st = f.stat()
         h.update(f"{f.relative_to(data_dir)} {st.st_size} {st.st_mtime_ns} {st.st_ino}\n".encode())
     return h.hexdigest()
 
 
 def load_cifar10(data_dir: str | Path = "data", full: bool = True) -> Cifar10:
-    """Load CIFAR-10 from `data_dir` (relative paths are taken from the repository root).
-
-    - If data_dir holds an ImageFolder tree (train/<class>/*, test/<class>/*), such as the offline
-      JPEG copy, decode it. `full=True` insists on CIFAR-10's 5,000/1,000 images per class.
-    - Otherwise use torchvision.datasets.CIFAR10(data_dir, download=True), the official data.
-    The decoded tensors are cached in data_dir/cifar10_uint8.pt with a fingerprint of the files; a
-    cache that is unreadable or does not match the files is rebuilt; a read-only data_dir is not cached.
-    """
+    """CIFAR-10 from `data_dir` (relative to the repository root): an ImageFolder tree (train/<class>/*,
+    test/<class>/*) such as the offline JPEG copy, where `full` insists on 5,000/1,000 images per class;
+    else torchvision.datasets.CIFAR10(data_dir, download=True), the official data. The decoded tensors are
+    cached in data_dir/cifar10_uint8.pt with a fingerprint of the files; a cache that is unreadable or
+    does not match them is rebuilt, and a read-only data_dir is not cached."""
     data_dir = ROOT / data_dir                    # an absolute data_dir stays as it is
     has = {s: (data_dir / s).is_dir() for s in ("train", "test")}
     if has["train"] != has["test"]:
-        raise NormbookError(f"{data_dir / min(has, key=has.get)} is missing: an ImageFolder copy of CIFAR-10 "
-                            "needs both train/ and test/ (make data unpacks them)")
+        missing = "test" if has["train"] else "train"
+        raise NormbookError(f"{data_dir / missing} is missing: an ImageFolder copy of CIFAR-10 needs both train/ "
+                            "and test/ (make data unpacks them)")
     fingerprint = data_fingerprint(data_dir) if data_dir.is_dir() else ""
     try:
         d = torch.load(data_dir / CACHE, weights_only=True)
@@ -266,22 +269,22 @@ def load_cifar10(data_dir: str | Path = "data", full: bool = True) -> Cifar10:
             and (not full or (len(d["train_y"]), len(d["test_y"])) == (FULL_TRAIN, FULL_TEST))):
         return Cifar10(d["train_x"], d["train_y"], d["test_x"], d["test_y"], d["source"])
     if has["train"]:
-        train = _read_image_folder(data_dir / "train", FULL_COUNTS["train"] if full else None)
-        test = _read_image_folder(data_dir / "test", FULL_COUNTS["test"] if full else None)
+        train_xy, test_xy = (_read_image_folder(data_dir / split, FULL_COUNTS[split] if full else None)
+                             for split in ("train", "test"))
         source = f"ImageFolder tree at {data_dir.name}/ (offline JPEG copy of CIFAR-10)"
     else:
         import torchvision
         try:
-            train, test = (torchvision.datasets.CIFAR10(data_dir, train=t, download=True) for t in (True, False))
+            sets = [torchvision.datasets.CIFAR10(data_dir, train=t, download=True) for t in (True, False)]
         except Exception as e:  # offline, or the host is down
             raise NormbookError(
                 f"CIFAR-10 is not in {data_dir} and could not be downloaded ({type(e).__name__}). "
                 f"Offline? Unpack an ImageFolder copy there: mkdir -p {data_dir} && "
                 f"tar xzf cifar10-jpeg.tar.gz -C {data_dir} --strip-components=1  (or: make data)") from None
-        train, test = (interleaved(torch.from_numpy(s.data).permute(0, 3, 1, 2), torch.tensor(s.targets))
-                       for s in (train, test))
+        train_xy, test_xy = (interleaved(torch.from_numpy(s.data).permute(0, 3, 1, 2), torch.tensor(s.targets))
+                             for s in sets)
         source, fingerprint = "official CIFAR-10 (torchvision download)", data_fingerprint(data_dir)
-    data = Cifar10(*train, *test, source)
+    data = Cifar10(*train_xy, *test_xy, source)
     try:
         save_tensors(dict(data._asdict(), fingerprint=fingerprint), data_dir / CACHE)
     except OSError:
@@ -291,13 +294,10 @@ def load_cifar10(data_dir: str | Path = "data", full: bool = True) -> Cifar10:
 
 def augment(x: torch.Tensor, generator: torch.Generator, flip: bool = True, translate: int = 0,
             cutout: int = 0, fill: torch.Tensor | None = None) -> torch.Tensor:
-    """Random horizontal flip, random translation and cutout, drawn independently for every image.
-
-    x is a uint8 or float batch (N, C, H, W); the result has the same shape and dtype.
-    Translation pads by reflection and crops a window at a random offset in [-t, t]^2.
-    Cutout sets a cutout x cutout square centred anywhere in the image (clipped at its edges) to
-    `fill`, one value per channel (default 0; the training mean makes it 0 after normalization).
-    """
+    """Random horizontal flip, translation and cutout, drawn independently for every image of a uint8 or
+    float batch (N, C, H, W), returned in the same shape and dtype. Translation pads by reflection and
+    crops at a random offset in [-t, t]^2; cutout sets a square of side `cutout`, centred anywhere (clipped
+    at the edges), to `fill` per channel (default 0; the training mean, which is 0 once normalized)."""
     n, c, h, w = x.shape
     ar = lambda k: torch.arange(k, device=x.device)
     draw = lambda high: torch.randint(0, high, (n,), generator=generator, device=x.device)
@@ -381,8 +381,9 @@ class Net(nn.Sequential):
                  weight_std: bool = RECIPE["weight_std"]):
         choose("activation", activation, ACTIVATIONS)
         if weight_std:
-            from levers import StandardizedConv2d
-        conv3x3 = StandardizedConv2d if weight_std else nn.Conv2d
+            from levers import StandardizedConv2d as conv3x3
+        else:
+            conv3x3 = nn.Conv2d
         widths = {**WIDTHS, **(widths or {})}             # a partial dict changes only the layers it names
         layers, c_in = {}, 3
         for name in LAYERS:
@@ -556,7 +557,7 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = MAIN_BAT
 
     precision: "fp32", "bf16" (autocast) or "auto" (bf16 where the hardware has it).
     cuda_graphs: replay each step as a CUDA graph (cuda_graphs.py); default: where it can, on a CUDA device.
-    trace_every: record a Tracer point every that many steps (0: off), stored as metrics["trace"].
+    trace_every: record a robustness.Tracer point every that many steps (0: off), stored as metrics["trace"].
     """
     check_params(norm, epochs, batch_size, seed, subset, groups, precision, max_epochs)
     check_int("trace_every", trace_every, 0)

@@ -49,6 +49,7 @@ def summary_rows() -> list[dict]:
 
 
 def per_class_accuracy(cm: torch.Tensor) -> list[float]:
+    """Accuracy in % of each class, from a confusion matrix (lib.confusion_matrix)."""
     return (100.0 * cm.diag().float() / cm.sum(1).clamp_min(1).float()).tolist()
 
 
