@@ -47,7 +47,7 @@ runs:
 sweeps:
 	$(PY) experiments.py run runs/sweep-groups runs/sweep-batch --data $(DATA)
 
-## The tuning rounds meant for the CPU (runs/tune, runs/tune-cpu-3), then those for a CUDA GPU:
+## The experiments planned for the CPU (tuning rounds, Weight Standardization, the ceiling), then those for a CUDA GPU:
 tune:
 	$(PY) experiments.py device cpu --data $(DATA)
 tune-gpu:
