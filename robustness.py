@@ -140,7 +140,7 @@ def recalibrated(model: nn.Module, x_float: torch.Tensor, precision: str) -> nn.
 def batch_dependence(model, x_float, y, precision: str, batch_size: int, seed: int = 0) -> dict:
     """Accuracy with batch statistics in random batches of `batch_size`, and the fraction of images
     whose prediction changes when the same images are put into other random batches."""
-    model = lib.with_batch_stats(model)                  # a copy: the model's own running statistics stay as they are
+    model = lib.with_batch_stats(model)         # a copy: the model's own running statistics stay as they are
     preds = []
     for k in range(2):
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + k))
