@@ -13,6 +13,9 @@ A plan holds:
   parts       [{"seeds": [...], "runs": [[norm, variant], ...]}, ...], trained seed by seed, part by part
   bn_batch_stats  optional: also evaluate BN with the statistics of test batches of its training size
   max_epochs  optional: allow runs longer than the exercise's 20 epochs (a measurement outside its budget)
+  precision   optional: "bf16" or "fp32" for every run, so that one plan's runs stay comparable on CPUs
+              that differ (a plan pinned to bf16 is refused on a CPU without bf16 arithmetic, where it
+              would be emulated and about ten times slower)
 
 A new round is a new plan file:  python experiments.py run runs/<folder>
 """
@@ -96,12 +99,18 @@ def run_plan(folder: str | Path, data: lib.Cifar10 | None = None, data_dir: str 
         return 0
     if plan["device"] == "cuda" and (device or lib.pick_device().type) != "cuda":
         raise lib.NormbookError(f"{folder.name} runs on a CUDA GPU; none is visible to PyTorch")
+    precision = plan.get("precision", "auto")
+    lib.choose(f"precision in {folder / 'plan.json'}", precision, lib.PRECISIONS)
+    if precision == "bf16" and not lib.bf16_supported(torch.device(device) if device else lib.pick_device()):
+        raise lib.NormbookError(f"{folder.name} is pinned to bf16, which this machine lacks (it would be emulated, "
+                                f"about ten times slower); its runs are left for a machine with bf16")
     data = data or lib.load_cifar10(data_dir)
     split = plan["data"]
     data = data.holdout(split["holdout"]) if "holdout" in split else data.subset(split["n_train"], n_test=lib.FULL_TEST)
     for path, norm, name, seed in todo:
         args = settings(plan, name)
-        model, m, predictions = lib.train(norm, seed=seed, data=data, device=device, progress=False, **args)
+        model, m, predictions = lib.train(norm, seed=seed, data=data, device=device, progress=False,
+                                          precision=precision, **args)
         if "holdout" in split:
             m.update(tuning=name, change=plan["variants"][name], tuning_baseline=plan["baseline"],
                      evaluated_on="validation", final_val_acc=m["final_test_acc"],
@@ -119,9 +128,9 @@ def run_plan(folder: str | Path, data: lib.Cifar10 | None = None, data_dir: str 
 
 
 def load_results(folder: str | Path) -> list[dict]:
-    """Every finished run of a plan; tuning runs get `delta`: validation accuracy minus that of the
+    """Every finished run of a plan, with `variant`, its name in the plan; tuning runs get `delta`: validation accuracy minus that of the
     baseline run ("recipe") of the same norm and seed (None where that baseline has not run yet)."""
-    runs = [lib.read_json(path) for path, *_ in planned(folder) if path.exists()]
+    runs = [dict(lib.read_json(path), variant=name) for path, _, name, _ in planned(folder) if path.exists()]
     base = {(t["norm"], t["seed"]): t["final_val_acc"] for t in runs if t.get("tuning") == "recipe"}
     for t in runs:
         if "tuning" in t:

@@ -10,6 +10,10 @@ key that lib reads (lib.train, or lib.Net for weight_std); with its default, lib
 - flip="alternate": each image is flipped at random in the first epoch, then on alternate epochs.
 - ema > 0: the weights' exponential moving average is evaluated and saved instead (WeightAverage).
 - weight_std=True: every 3x3 conv standardizes its filters in each forward pass (StandardizedConv2d).
+- bn_ghost=n: BatchNorm computes its training statistics over sub-batches of n images (GhostBatchNorm2d),
+  which adds the noise of small-batch statistics without changing the batch size, learning rate or steps.
+- bn_frozen=True: from the first epoch after the warm-up, BatchNorm trains with its running averages
+  (freeze_batch_norm): no batch noise, and no gradient through the statistics, for the rest of training.
 """
 from __future__ import annotations
 
@@ -120,6 +124,29 @@ class StandardizedConv2d(nn.Conv2d):
         w = self.weight
         w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.var(dim=(1, 2, 3), unbiased=False, keepdim=True) + 1e-5).sqrt()
         return self._conv_forward(x, w, self.bias)
+
+
+class GhostBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose training statistics come from consecutive sub-batches of `ghost` images ("ghost
+    batches", Hoffer et al. 2017); in eval mode it is plain BatchNorm with the running averages, and its
+    parameters and buffers are BatchNorm2d's, so a saved model loads into either."""
+
+    def __init__(self, channels: int, ghost: int):
+        super().__init__(channels)
+        self.ghost = ghost
+
+    def forward(self, x):
+        if not self.training or x.size(0) <= self.ghost:
+            return super().forward(x)
+        return torch.cat([super(GhostBatchNorm2d, self).forward(part) for part in x.split(self.ghost)])
+
+
+def freeze_batch_norm(model: nn.Module) -> None:
+    """Put every BatchNorm layer in eval mode inside a model in training mode: it normalizes with its
+    running averages (now fixed), while its gamma and beta keep learning."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
 
 
 class WeightAverage:

@@ -59,6 +59,8 @@ RECIPE = dict(
     ema=0.0,                # per-step decay of an average of the weights, evaluated and saved instead; 0: off
     widths=None,            # the width of every conv (a dict like WIDTHS); None: WIDTHS
     weight_std=False,       # Weight Standardization of every 3x3 conv's filters (no parameters)
+    bn_ghost=0,             # BN only: training statistics from sub-batches of this many images; 0: the whole batch
+    bn_frozen=False,        # BN only: after the warm-up, train with the running averages (no batch statistics)
     # More levers measured as experiments (levers.py, like ema and weight_std); these values leave them off.
     muon_lr=0.05,           # with optimizer="Muon": the peak LR of the 3x3 conv weights' Muon step
     whiten="off",           # "trainable" or "frozen": C1 starts as a whitening of 3x3 patches
@@ -68,7 +70,8 @@ OPTIMIZERS = ("SGD-Nesterov", "AdamW", "Muon")
 PRECISIONS = ("auto", "bf16", "fp32")
 # Keys added to RECIPE after some committed runs were made, with the value those runs used.
 RECIPE_ADDED_LATER = dict(shortcuts=False, activation="relu", cutout=0, ema=0.0, widths=None, weight_std=False,
-                          muon_lr=0.05, whiten="off", dirac=False)
+                          muon_lr=0.05, whiten="off", dirac=False, bn_ghost=0,
+                          bn_frozen=False)
 
 
 def recorded_recipe(metrics: dict) -> dict:
@@ -119,6 +122,8 @@ def check_recipe(recipe: dict) -> dict:
     choose("activation", recipe["activation"], ACTIVATIONS)
     choose("flip", recipe["flip"], (True, False, "alternate"))
     choose("whiten", recipe["whiten"], ("off", "trainable", "frozen"))
+    choose("bn_frozen", recipe["bn_frozen"], (True, False))
+    check_int("bn_ghost", recipe["bn_ghost"], 0)
     return recipe
 
 
@@ -354,8 +359,11 @@ def group_count(groups: int | str, channels: int) -> int:
     raise NormbookError(f"groups={groups!r} is invalid: use an integer >= 1 or 'C/k' (k channels per group)")
 
 
-def make_norm(norm: str, channels: int, groups: int | str = GN_GROUPS) -> nn.Module:
+def make_norm(norm: str, channels: int, groups: int | str = GN_GROUPS, bn_ghost: int = 0) -> nn.Module:
     choose("norm", norm, NORMS)
+    if norm == "bn" and bn_ghost:
+        from levers import GhostBatchNorm2d
+        return GhostBatchNorm2d(channels, bn_ghost)
     if norm == "bn":
         return nn.BatchNorm2d(channels)
     # LayerNorm for conv nets: statistics over (C, H, W) of each sample. nn.GroupNorm(1, C) does
@@ -378,7 +386,7 @@ class Net(nn.Sequential):
 
     def __init__(self, norm: str, groups: int | str = GN_GROUPS, widths: dict | None = None,
                  shortcuts: bool = RECIPE["shortcuts"], activation: str = RECIPE["activation"],
-                 weight_std: bool = RECIPE["weight_std"]):
+                 weight_std: bool = RECIPE["weight_std"], bn_ghost: int = RECIPE["bn_ghost"]):
         choose("activation", activation, ACTIVATIONS)
         if weight_std:
             from levers import StandardizedConv2d as conv3x3
@@ -390,7 +398,7 @@ class Net(nn.Sequential):
             c_out = len(CLASSES) if name == "c10" else widths.get(name, c_in)
             if name[0] == "C":                                         # 3x3 conv, norm, activation
                 layers[name] = nn.Sequential(conv3x3(c_in, c_out, 3, padding=1, bias=False),
-                                             make_norm(norm, c_out, groups), ACTIVATIONS[activation]())
+                                             make_norm(norm, c_out, groups, bn_ghost), ACTIVATIONS[activation]())
             elif name[0] == "c":                                       # 1x1: transitions c3, c6; logits c10
                 layers[name] = nn.Conv2d(c_in, c_out, 1, bias=False)
             else:
@@ -421,7 +429,7 @@ def build_model(norm: str, groups: int | str | None = None, recipe: dict | None 
     refuses anything at or over the parameter budget."""
     recipe = {**RECIPE, **(recipe or {})}
     model = Net(norm, GN_GROUPS if groups is None else groups, recipe["widths"], recipe["shortcuts"],
-                recipe["activation"], recipe["weight_std"])
+                recipe["activation"], recipe["weight_std"], recipe["bn_ghost"])
     if count_params(model) >= MAX_PARAMS:
         raise NormbookError(f"the {norm} model has {count_params(model):,} parameters; the budget is fewer "
                             f"than {MAX_PARAMS:,}")
@@ -612,6 +620,9 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = MAIN_BAT
     bar = tqdm(total=total, disable=not progress, desc=f"{norm} seed {seed}", unit="step", mininterval=2)
     for epoch in range(1, epochs + 1):
         model.train()
+        if recipe["bn_frozen"] and (epoch - 1) * steps_per_epoch >= recipe["warmup"] * total:
+            from levers import freeze_batch_norm
+            freeze_batch_norm(model)
         epoch_start = time.perf_counter()
         order = torch.randperm(n, generator=gen, device=device)
         # Augment the whole epoch at once on uint8, then slice batches: cheap and vectorized.

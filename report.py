@@ -96,20 +96,16 @@ def findings() -> list[dict]:
         f"for every norm, {names['bn']}: " if len(set(names.values())) == 1 else "per norm: ")
         + ", ".join(f"{n.upper()} {'' if len(set(names.values())) == 1 else names[n] + ' '}{int(pairs[n].max())}"
                     for n in cms) + " test images go from one of the two to the other (seed 0)."))
-    sweep = lib.read_jsons(lib.ROOT / "runs" / "sweep-batch", "*-s*.json")
-    accs = {}
-    for p in sweep:
-        accs.setdefault(p["batch_size"], {}).setdefault(p["norm"], []).append(p["final_test_acc"])
-    done = sorted(b for b, by_norm in accs.items() if set(by_norm) == set(lib.NORMS))    # every norm has run
-    if len(done) > 1:
-        small, large = done[0], done[-1]
-        change = {n: statistics.mean(accs[small][n]) - statistics.mean(accs[large][n]) for n in lib.NORMS}
-        bn_most = change["bn"] < min(change["gn"], change["ln"]) and change["bn"] < 0
-        out.append(dict(title="Small batches", value=change["bn"], text=f"in shorter runs ({sweep[0]['budget']['n_train']:,} "
-                        f"images, {sweep[0]['budget']['epochs']} epochs), going from batch {large} to batch {small} "
-                        "changes test accuracy by " + ", ".join(f"{n.upper()} {change[n]:+.2f}" for n in lib.NORMS)
-                        + (" points: BN, whose statistics come from the batch, loses by far the most." if bn_most
-                           else " points.")))
+    runs_b = sweep(BATCH_SWEEP)
+    batch = batch_summary(runs_b)
+    if batch["done"]:
+        worst, r = batch["worst"], runs_b[0]
+        out.append(dict(title="Small batches", value=worst["bn"]["change_change"], text=(
+            f"in the batch-size sweep (the reported recipe on {r['n_train']:,} images for {r['epochs']} epochs, "
+            f"{batch['seeds']} seeds, paired), the largest loss from batch 128 is " + ", ".join(
+                f"{n.upper()} {worst[n]['change_change']:+.2f} points (batch {worst[n]['batch']})" for n in lib.NORMS)
+            + "; " + (f"BN falls behind the better of GN and LN at batch {', '.join(map(str, batch['behind']))}."
+                      if batch["behind"] else "BN is never behind the better of GN and LN beyond the seed noise."))))
     rob = lib.read_jsons(lib.ROOT / "runs" / "robustness")
     if {r["norm"] for r in rob} == set(lib.NORMS):
         avg = lambda norm, get: statistics.mean(get(r) for r in rob if r["norm"] == norm)
@@ -174,30 +170,126 @@ def plot_curves(runs: list[dict], title: str = "", seeds: dict[str, list[dict]] 
     return fig
 
 
-def plot_answer(rows: list[dict], sweep: list[dict]):
-    """The book's key figure: final test accuracy per norm (every seed, mean ± std), beside test accuracy
-    against batch size from the batch sweep (mean over its seeds)."""
+def plot_answer(rows: list[dict], batch: dict, narrow: bool = False):
+    """The book's key figure: final test accuracy per norm (every seed, mean ± std), beside each norm's
+    change from its own batch-128 accuracy in the batch-size sweep (mean over seeds, bars: lowest to
+    highest seed). narrow: the two panels stacked, for a phone's column."""
     import matplotlib.pyplot as plt
-    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.3), gridspec_kw=dict(width_ratios=(1, 1.4)))   # phone-legible
+    fig, (left, right) = plt.subplots(2 if narrow else 1, 1 if narrow else 2, figsize=(4.8, 6.6) if narrow else (9, 3.6),
+                                      gridspec_kw=dict(height_ratios=(1, 1.2)) if narrow else dict(width_ratios=(1, 1.5)))
     for i, r in enumerate(rows):
         accs = [m["final_test_acc"] for m in seed_runs(main_runs()[r["norm"]])]
         left.errorbar(i, r["test_mean"], yerr=r["test_std"], fmt="o", ms=9, capsize=6, color=COLORS[r["norm"]])
         left.scatter([i + 0.18] * len(accs), accs, s=14, color=COLORS[r["norm"]], alpha=0.6)
     left.set_xticks(range(len(rows)), [r["norm"].upper() for r in rows])
-    left.set(ylabel="test accuracy (%)", xlim=(-0.5, len(rows) - 0.5),
-             title=f"20 epochs: mean ± std, dots: {min(r['seeds'] for r in rows)} seeds", xlabel="")
-    for norm in lib.NORMS:
-        points = sorted((p["batch_size"], p["final_test_acc"]) for p in sweep if p["norm"] == norm)
-        batches = sorted({b for b, _ in points})
-        means = [statistics.mean(a for b2, a in points if b2 == b) for b in batches]
-        right.plot(batches, means, "o-", color=COLORS[norm])
-        right.annotate(norm.upper(), (batches[-1], means[-1]), xytext=(6, 0), textcoords="offset points",
-                       va="center", color=COLORS[norm], fontweight="bold")      # labels at the lines' ends
-    right.set_xscale("log", base=2)
-    right.set_xticks(batches, [str(b) for b in batches])
-    right.set(xlabel="batch size", ylabel="", title="Shorter runs, by batch size")
+    left.set(ylabel="test accuracy (%)", xlim=(-0.5, len(rows) - 0.5), xlabel="",
+             title=f"Batch 128, 20 epochs ({min(r['seeds'] for r in rows)} seeds)")
+    plot_batch_changes(batch, right)
     fig.tight_layout()
     return fig
+
+
+def plot_batch_changes(batch: dict, ax):
+    """Each norm's paired change from its own batch-128 accuracy against batch size (bars: seeds)."""
+    for norm in lib.NORMS:
+        pts = [r for r in batch["rows"] if r["norm"] == norm and r["batch"] in batch["done"]]
+        if not pts:
+            continue
+        x, y = [r["batch"] for r in pts], [r["change_change"] for r in pts]
+        ax.errorbar(x, y, yerr=[[r["change_change"] - r["change_lo"] for r in pts], [r["change_hi"] - r["change_change"]
+                    for r in pts]], fmt="o-", capsize=3, color=COLORS[norm])
+        ax.annotate(norm.upper(), (x[0], y[0]), xytext=(-7, 0), textcoords="offset points", ha="right", va="center",
+                    color=COLORS[norm], fontweight="bold")               # labels at the lines' ends
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(BATCHES, [str(b) for b in BATCHES])
+    ax.set_xlim(BATCHES[0] / 2.2, BATCHES[-1] * 1.3)
+    ax.set(xlabel="batch size", ylabel="change from batch 128 (points)", title="Smaller batches")
+
+
+def plot_batch_sweep(batch: dict, control: dict | None = None):
+    """Test accuracy against batch size (mean, bars: seeds); with `control` (step_control's runs: norm ->
+    point), hollow markers at batch 128 for twice the epochs."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    for norm in lib.NORMS:
+        pts = [r for r in batch["rows"] if r["norm"] == norm and r["n"]]
+        ax.errorbar([r["batch"] for r in pts], [r["mean"] for r in pts], yerr=[[r["mean"] - r["lo"] for r in pts],
+                    [r["hi"] - r["mean"] for r in pts]], fmt="o-", capsize=3, color=COLORS[norm])
+        if pts:
+            ax.annotate(norm.upper(), (pts[0]["batch"], pts[0]["mean"]), xytext=(-7, 0), textcoords="offset points",
+                        ha="right", va="center", color=COLORS[norm], fontweight="bold")
+        if control and control[norm]["n"]:
+            ax.plot([128 * 1.15], [control[norm]["mean"]], "D", mfc="none", color=COLORS[norm], ms=8)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(BATCHES, [str(b) for b in BATCHES])
+    ax.set_xlim(BATCHES[0] / 2.2, BATCHES[-1] * 1.5)
+    ax.set(xlabel="batch size", ylabel="test accuracy (%)",
+           title="Test accuracy by batch size" + ("\n(◇: batch 128, twice the epochs)" if control else ""))
+    fig.tight_layout()
+    return fig
+
+
+def plot_bn_noise(ghosts: list[dict], frozen: dict):
+    """BN's change from batch 128 when its statistics come from n images: ghost batches inside batch 128,
+    and real batches of n; the frozen-statistics run as a line across."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    for key, style, label in (("ghost_change", "o-", "ghost batch\nin batch 128"), ("batch_change", "s--", "real batch\n(LR scaled)")):
+        pts = [(g["images"], g[key]) for g in ghosts if g[key]["n"] or g["images"] == 128]
+        x = [n for n, _ in pts]
+        y = [0.0 if n == 128 else p["change"] for n, p in pts]
+        err = [[0.0 if n == 128 else p["change"] - p["lo"] for n, p in pts], [0.0 if n == 128 else p["hi"] - p["change"] for n, p in pts]]
+        ax.errorbar(x, y, yerr=err, fmt=style, capsize=3, color=COLORS["bn"], alpha=1 if key == "ghost_change" else 0.55)
+        if len(pts) > 1:
+            ax.annotate(label, (x[0], y[0]), xytext=(0, 10 if key == "ghost_change" else -14), textcoords="offset points",
+                        ha="left", va="bottom" if key == "ghost_change" else "top", color=COLORS["bn"], fontsize=10)
+    if frozen["n"]:
+        ax.axhline(frozen["change"], color="0.35", ls=":", lw=1.5)
+        ax.annotate("statistics frozen after warm-up", (ghosts[0]["images"], frozen["change"]), xytext=(0, 4),
+                    textcoords="offset points", fontsize=10, color="0.35")
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.set_xscale("log", base=2)
+    xs = [g["images"] for g in ghosts]
+    ax.set_xticks(xs, [str(n) for n in xs])
+    ax.set(xlabel="images in BatchNorm's statistics", ylabel="change from batch 128 (points)",
+           title="BatchNorm: noisier statistics")
+    fig.tight_layout()
+    return fig
+
+
+def plot_group_sweep(rows: list[dict]):
+    """GroupNorm's test accuracy per group count, by channels per group (mean, bars: seeds)."""
+    import matplotlib.pyplot as plt
+    labels = {"1": "1\nLN", "C/4": "C/4", "C/2": "C/2", "C/1": "C/1\nIN"}
+    pts = [r for r in rows if r["n"]]
+    fig, ax = plt.subplots(figsize=(5.2, 4.0))
+    ax.errorbar(range(len(pts)), [r["mean"] for r in pts], yerr=[[r["mean"] - r["lo"] for r in pts],
+                [r["hi"] - r["mean"] for r in pts]], fmt="o-", capsize=3, color=COLORS["gn"])
+    ax.set_xticks(range(len(pts)), [labels.get(r["groups"], r["groups"]) for r in pts])
+    ax.set(xlabel="groups G (fewer channels per group →)", ylabel="test accuracy (%)", title="GroupNorm by group count")
+    fig.tight_layout()
+    return fig
+
+
+def responsive(name: str, wide, narrow, alt: str):
+    """Save a figure in two designs, book/figures/<name>.png for a desktop column and <name>_phone.png
+    for a phone's, and show the one that fits the screen (an HTML <picture>; the README uses the first)."""
+    import base64
+    import io
+    from IPython.display import HTML
+    save_figure(wide, name)
+    save_figure(narrow, f"{name}_phone")
+    def uri(fig):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    import matplotlib.pyplot as plt
+    html = (f'<picture class="responsive"><source media="(max-width: 640px)" srcset="{uri(narrow)}">'
+            f'<img src="{uri(wide)}" alt="{alt}" style="max-width: 100%; height: auto"></picture>')
+    plt.close(wide)
+    plt.close(narrow)
+    return HTML(html)
 
 
 def plot_misclassified(x_uint8: torch.Tensor, mistakes: list[dict], title: str = ""):
@@ -242,3 +334,514 @@ def table(df, formats: dict | None = None, precision: int = 2):
     text = [f"td.col{j}, th.col{j}" for j, c in enumerate(df.columns) if not pd.api.types.is_numeric_dtype(df.iloc[:, j])]
     return (df.style.format(fmt, na_rep="—").hide(axis="index", names=True).set_table_attributes('class="dataframe"')
             .set_table_styles([dict(selector=", ".join(text), props="text-align: left")] if text else []))
+
+
+# =============================================================================================
+# Batch size, group count, and why BN leads
+# =============================================================================================
+# Two sweep plans (experiments.py) in the reported recipe on a reduced budget: runs/batch-size/ (batch
+# 2-128 for every norm, a step-count control, BN with ghost batches and with frozen statistics) and
+# runs/group-count/. Every comparison pairs runs of the same seed; `noise` says what is signal.
+
+BATCH_SWEEP, GROUP_SWEEP = "runs/batch-size", "runs/group-count"
+BATCHES = (2, 4, 8, 16, 32, 64, 128)
+GROUPS = ("1", "2", "4", "C/4", "8", "C/2", "C/1")          # by channels per group, most first
+GHOSTS = (4, 16, 32)
+
+
+def sweep(folder: str) -> list[dict]:
+    """A sweep's finished runs (each with its plan `variant`); refuses runs of mixed precision, whose
+    accuracies are not comparable point to point."""
+    import experiments
+    runs = experiments.load_results(folder)
+    precisions = sorted({r["precision"] for r in runs})
+    if len(precisions) > 1:
+        raise lib.NormbookError(f"{folder} mixes precisions {precisions}: retrain its runs in one")
+    return runs
+
+
+def accs(runs: list[dict], norm: str, variant: str) -> dict[int, float]:
+    """seed -> final test accuracy of one point of a sweep."""
+    return {r["seed"]: r["final_test_acc"] for r in runs if (r["norm"], r["variant"]) == (norm, variant)}
+
+
+def noise(runs: list[dict]) -> float:
+    """The seed-to-seed standard deviation of one run, pooled over every point with two or more seeds."""
+    points = {}
+    for r in runs:
+        points.setdefault((r["norm"], r["variant"]), []).append(r["final_test_acc"])
+    variances = [statistics.variance(v) for v in points.values() if len(v) > 1]
+    return math.sqrt(statistics.mean(variances)) if variances else float("nan")
+
+
+def noise_bar(sigma: float, n: int) -> float:
+    """Two standard deviations of a mean of n paired differences of single runs, each of std sigma."""
+    return 2 * math.sqrt(2 / max(n, 1)) * sigma
+
+
+def verdict(change: float, bar: float) -> str:
+    """'gain', 'loss' or 'within noise': a change counts only beyond its noise bar."""
+    return "gain" if change > bar else "loss" if change < -bar else "within noise"
+
+
+def paired(runs: list[dict], norm: str, variant: str, reference: str, ref_norm: str | None = None) -> dict:
+    """Accuracy of (norm, variant) minus that of (ref_norm or norm, reference) at the same seed: the mean
+    change, its lowest and highest seed, the seed count, the noise bar and the verdict."""
+    a, b = accs(runs, norm, variant), accs(runs, ref_norm or norm, reference)
+    changes = [a[s] - b[s] for s in sorted(a.keys() & b.keys())]
+    if not changes:
+        return dict(change=float("nan"), lo=float("nan"), hi=float("nan"), n=0, bar=float("nan"), verdict="not run")
+    change, bar = statistics.mean(changes), noise_bar(noise(runs), len(changes))
+    return dict(change=change, lo=min(changes), hi=max(changes), n=len(changes), bar=bar, verdict=verdict(change, bar))
+
+
+def point(runs: list[dict], norm: str, variant: str) -> dict:
+    """Mean, lowest and highest seed of one point, and its seed count (nan where it has not run)."""
+    v = list(accs(runs, norm, variant).values())
+    return dict(mean=statistics.mean(v) if v else float("nan"), lo=min(v, default=float("nan")),
+                hi=max(v, default=float("nan")), n=len(v))
+
+
+def batch_rows(runs: list[dict]) -> list[dict]:
+    """One row per norm and batch size: accuracy, and the paired change from the same norm at batch 128."""
+    return [dict(norm=n, batch=b, **point(runs, n, f"batch {b}"),
+                 **{f"change_{k}": v for k, v in paired(runs, n, f"batch {b}", "batch 128").items()})
+            for n in lib.NORMS for b in BATCHES]
+
+
+def bn_lead(runs: list[dict], variant: str) -> dict:
+    """BN against the better of GN and LN at one point, paired by seed (paired's fields, plus `other`)."""
+    other = max(("gn", "ln"), key=lambda n: point(runs, n, variant)["mean"])
+    return dict(paired(runs, "bn", variant, variant, ref_norm=other), other=other)
+
+
+def batch_summary(runs: list[dict]) -> dict:
+    """What the batch sweep says, chosen from the numbers: each norm's largest loss from batch 128; BN's
+    lead over the better of GN and LN at each batch size; the smallest batch from which BN is never behind
+    beyond noise, and the batch sizes at which it is."""
+    rows = batch_rows(runs)
+    done = [b for b in BATCHES if all(r["n"] for r in rows if r["batch"] == b)]
+    worst = {n: min((r for r in rows if r["norm"] == n and r["batch"] in done), key=lambda r: r["change_change"])
+             for n in lib.NORMS} if done else {}
+    lead = {b: bn_lead(runs, f"batch {b}") for b in done}
+    behind = [b for b in done if lead[b]["verdict"] == "loss"]
+    fine = [b for b in done if all(lead[c]["verdict"] != "loss" for c in done if c >= b)]
+    return dict(rows=rows, done=done, worst=worst, lead=lead, behind=behind, bn_fine_from=min(fine, default=None),
+                sigma=noise(runs), seeds=min((r["n"] for r in rows if r["batch"] in done), default=0))
+
+
+def step_control(runs: list[dict]) -> dict:
+    """The control for step count: per norm, batch 128 for twice the epochs (as many steps as batch 64)
+    against batch 64, and against batch 128; and whether the norms' order at batch 128 survives the
+    longer budget."""
+    out = {n: dict(vs_64=paired(runs, n, "batch 128, 20 epochs", "batch 64"),
+                   vs_128=paired(runs, n, "batch 128, 20 epochs", "batch 128")) for n in lib.NORMS}
+    order = lambda v: sorted(lib.NORMS, key=lambda n: -point(runs, n, v)["mean"])
+    return dict(per_norm=out, order_10=order("batch 128"), order_20=order("batch 128, 20 epochs"))
+
+
+def ghost_rows(runs: list[dict]) -> list[dict]:
+    """BN's statistics from n images, two ways, each paired with BN at batch 128: a ghost batch of n inside
+    batch 128 (same steps and learning rate), and a real batch of n (its own steps and learning rate)."""
+    rows = []
+    for n in sorted(set(GHOSTS) | {128}):
+        ghost = "batch 128" if n == 128 else f"batch 128, BN statistics of {n}"
+        rows.append(dict(images=n, ghost=point(runs, "bn", ghost), ghost_change=paired(runs, "bn", ghost, "batch 128"),
+                         batch=point(runs, "bn", f"batch {n}"),
+                         batch_change=paired(runs, "bn", f"batch {n}", "batch 128")))
+    return rows
+
+
+def fit_rows(rows: list[dict] | None = None) -> list[dict]:
+    """Per norm, over the reported runs' seeds: final training loss and accuracy (augmented batches, in
+    training mode) beside test loss and accuracy, and the gap between them."""
+    out = []
+    for norm, m in main_runs().items():
+        seeds = seed_runs(m)
+        mean = lambda get: statistics.mean(get(r) for r in seeds)
+        out.append(dict(norm=norm, seeds=len(seeds), train_loss=mean(lambda r: r["history"][-1]["train_loss"]),
+                        test_loss=mean(lambda r: r["final_test_loss"]), train_acc=mean(lambda r: r["final_train_acc"]),
+                        test_acc=mean(lambda r: r["final_test_acc"]),
+                        gap=mean(lambda r: r["final_train_acc"] - r["final_test_acc"])))
+    return out
+
+
+def why_bn_leads(fit: list[dict], runs: list[dict]) -> dict:
+    """The competing explanations of BN's lead on clean data, each judged by a measurement:
+    - fit: does BN fit the training data better (a conditioning or step-size advantage would show as a
+      lower training loss), or does it only generalize better?
+    - noise: does more noise in BN's statistics (ghost batches) raise test accuracy, and does removing it
+      after the warm-up (frozen statistics) lower it?
+    Returns the numbers and a `verdict` sentence chosen from them."""
+    f = {r["norm"]: r for r in fit}
+    other = min(("gn", "ln"), key=lambda n: f[n]["train_loss"])            # the better fit of the two
+    fits_better = f["bn"]["train_loss"] < f[other]["train_loss"]
+    ghosts = {g: paired(runs, "bn", f"batch 128, BN statistics of {g}", "batch 128") for g in GHOSTS}
+    frozen = paired(runs, "bn", "batch 128, BN statistics frozen after warm-up", "batch 128")
+    gains = [g for g, p in ghosts.items() if p["verdict"] == "gain"]
+    losses = [g for g, p in ghosts.items() if p["verdict"] == "loss"]
+    lead = bn_lead(runs, "batch 128")
+    if not fits_better:
+        fit_text = (f"BN does not fit the training images better: its final training loss is {f['bn']['train_loss']:.3f} "
+                    f"against {other.upper()}'s {f[other]['train_loss']:.3f}, yet its test accuracy is higher, so its lead "
+                    "is in generalization, not in optimization")
+    else:
+        fit_text = (f"BN also fits the training images better (training loss {f['bn']['train_loss']:.3f} against "
+                    f"{other.upper()}'s {f[other]['train_loss']:.3f}), so part of its lead may be optimization")
+    if not any(p["n"] for p in ghosts.values()):
+        noise_text, supports = "", None
+    elif gains and not losses:
+        noise_text = ("more noise helps: statistics from " + ", ".join(f"{g}" for g in gains)
+                      + " images instead of 128 raise BN's accuracy beyond the seed noise")
+        supports = "noise"
+    elif losses and not gains:
+        noise_text = ("more noise hurts: statistics from " + ", ".join(f"{g}" for g in losses)
+                      + " images instead of 128 lower BN's accuracy beyond the seed noise")
+        supports = "not noise"
+    else:
+        noise_text = ("more noise changes little: statistics from " + ", ".join(str(g) for g in GHOSTS)
+                      + " images instead of 128 move BN's accuracy by "
+                      + ", ".join(f"{ghosts[g]['change']:+.2f}" for g in GHOSTS) + " points, "
+                      + ("each within" if not gains and not losses else "in both directions beyond")
+                      + " the seed noise")
+        supports = "not noise" if not gains and not losses else None
+    frozen_text = "" if not frozen["n"] else (
+        f"without batch statistics after the warm-up BN changes by {frozen['change']:+.2f} points "
+        f"({frozen['verdict']}, ±{frozen['bar']:.2f})")
+    return dict(fit=f, other=other, fits_better=fits_better, ghosts=ghosts, frozen=frozen, lead=lead,
+                fit_text=fit_text, noise_text=noise_text, frozen_text=frozen_text, supports=supports)
+
+
+def group_rows(runs: list[dict]) -> list[dict]:
+    """GroupNorm per group count, by channels per group, with the paired change from G = 8."""
+    return [dict(groups=g, **point(runs, "gn", f"groups {g}"),
+                 **{f"change_{k}": v for k, v in paired(runs, "gn", f"groups {g}", "groups 8").items()})
+            for g in GROUPS]
+
+
+def robustness_summary(rob: list[dict]) -> dict[str, dict]:
+    """Per norm, means over its seeds in runs/robustness/: clean accuracy, mean accuracy over every
+    corruption and severity (and for BN with statistics recomputed on them, AdaBN), accuracy at four
+    times the contrast, and the share of predictions that change with an image's companion in batches of 2."""
+    out = {}
+    for norm in lib.NORMS:
+        mine = [r for r in rob if r["norm"] == norm]
+        mean = lambda get: statistics.mean(get(r) for r in mine) if mine else float("nan")
+        out[norm] = dict(seeds=len(mine), clean=mean(lambda r: r["clean_acc"]),
+                         corrupted=mean(lambda r: statistics.mean(r["corruptions"].values())),
+                         adabn=mean(lambda r: statistics.mean(r["corruptions_recalibrated"].values()))
+                         if norm == "bn" else float("nan"),
+                         contrast_4=mean(lambda r: r["scale"]["4.0"]), changed_2=mean(lambda r: r["batch"]["2"]["changed"]))
+    return out
+
+
+def group_summary(rows: list[dict], sigma: float) -> dict:
+    """The group counts within noise of the best one, and the best and worst."""
+    done = [r for r in rows if r["n"]]
+    if not done:
+        return dict(best=None, near=[], worst=None)
+    best = max(done, key=lambda r: r["mean"])
+    near = [r["groups"] for r in done if best["mean"] - r["mean"] <= noise_bar(sigma, min(r["n"], best["n"]))]
+    return dict(best=best, near=near, worst=min(done, key=lambda r: r["mean"]))
+
+
+GROUP_NAMES = {"1": "1 (LayerNorm)", "C/1": "one per channel (Instance Norm)"}
+
+
+def short_name(norm: str) -> str:
+    return lib.NORM_NAMES[norm].split(" ")[0]
+
+
+def recommendations(rows: list[dict], batch: dict, groups: dict, rob: dict, speed: list[dict]) -> list[dict]:
+    """"Which should I use?": one dict per question, with `topic`, a one-line `short` answer for the landing
+    page, the fuller `text` and the `link` to its evidence, (page, label or None); every sentence is chosen from the numbers: the
+    reported runs' summary rows, batch_summary, group_summary, robustness_summary and bench/results.json."""
+    main = {r["norm"]: r for r in rows}
+    other = max(("gn", "ln"), key=lambda n: main[n]["test_mean"])
+    lead = main["bn"]["test_mean"] - main[other]["test_mean"]
+    out = []
+
+    first, done = batch["bn_fine_from"], batch["done"]
+    text = (f"At batch 128 BatchNorm is the most accurate: {main['bn']['test_mean']:.2f} % against {short_name(other)}'s "
+            f"{main[other]['test_mean']:.2f} % (mean of {main['bn']['seeds']} seeds). " if lead > 0 else
+            f"At batch 128 BatchNorm is not ahead: {lead:+.2f} points against {short_name(other)}. ")
+    if done and first is not None:
+        text += (f"In the batch-size sweep it is never behind the better of the other two beyond the seed noise from "
+                 f"batch {first} up" + (f"; at batch {', '.join(map(str, batch['behind']))} it is behind by "
+                 + ", ".join(f"{-batch['lead'][b]['change']:.1f}" for b in batch["behind"]) + " points." if batch["behind"] else "."))
+        short = (f"**BatchNorm** for batches of {first} or more images: the most accurate (+{lead:.1f} points at batch 128)"
+                 if lead > 0 else f"**Any of the three** for batches of {first} or more images")
+        short += (f"; below that, **{short_name(batch['lead'][max(batch['behind'])]['other'])}**." if batch["behind"] else ".")
+    else:
+        text += "In the batch-size sweep it is behind the better of the other two at every batch size."
+        short = f"**{short_name(other)}** at every batch size measured."
+    out.append(dict(topic="Batch size", short=short, text=text, link=("experiments", "batch-size")))
+
+    r = rob
+    gnln_better = min(r["gn"]["corrupted"], r["ln"]["corrupted"]) > r["bn"]["corrupted"]
+    text = ((f"When test images may differ from the training images, or predictions must not depend on the rest of the "
+             f"batch, prefer GroupNorm or LayerNorm: over six corruptions they keep {r['gn']['corrupted']:.1f} % and "
+             f"{r['ln']['corrupted']:.1f} % against BatchNorm's {r['bn']['corrupted']:.1f} %" if gnln_better else
+             f"Under shifted inputs the three are close: over six corruptions BatchNorm keeps {r['bn']['corrupted']:.1f} %, "
+             f"GroupNorm {r['gn']['corrupted']:.1f} % and LayerNorm {r['ln']['corrupted']:.1f} %")
+            + f"; no GroupNorm or LayerNorm prediction depends on a batch companion, while BatchNorm evaluated with batch "
+            f"statistics changes {r['bn']['changed_2']:.0f} % of its predictions in batches of 2. If you keep BatchNorm, "
+            f"recompute its statistics on the new images (AdaBN): that alone takes it to {r['bn']['adabn']:.1f} %.")
+    short = ((f"**GroupNorm or LayerNorm** when test images may be shifted or must not depend on their batch "
+              f"({r['gn']['corrupted']:.0f} and {r['ln']['corrupted']:.0f} % under corruptions, BatchNorm {r['bn']['corrupted']:.0f} %; "
+              f"{r['bn']['adabn']:.0f} % with its statistics recomputed).") if gnln_better else
+             "Under shifted inputs **none** of the three clearly ahead.")
+    out.append(dict(topic="Shifted inputs, one image at a time", short=short, text=text,
+                    link=("why", "shifted-inputs")))
+
+    if groups["best"]:
+        g = lambda k: GROUP_NAMES.get(k, k)
+        near = [k for k in groups["near"] if k != groups["best"]["groups"]]
+        text = (f"With GroupNorm, G = {g(groups['best']['groups'])} is the best of the group sweep "
+                f"({groups['best']['mean']:.2f} %)" + (f", and G = {', '.join(g(k) for k in near)} "
+                f"{'is' if len(near) == 1 else 'are'} within the seed noise of it" if near else
+                ", ahead of every other count beyond the seed noise")
+                + f"; the worst is G = {g(groups['worst']['groups'])} ({groups['worst']['mean']:.2f} %).")
+        short = (f"With GroupNorm, **G = {' or '.join(groups['near'])}** (within noise of each other); "
+                 f"G = {g(groups['worst']['groups'])} is the worst.")
+        out.append(dict(topic="How many groups", short=short, text=text, link=("experiments", "number-of-groups")))
+
+    fast = {p["norm"]: p["lib_images_per_s"] for p in speed}
+    slow, top = min(fast, key=fast.get), max(fast, key=fast.get)
+    text = ("All three have the same parameters (one γ and β per channel). Training speed at batch 128 "
+            f"({speed[0]['device']}, {speed[0]['lib_setting'].split(',')[0]}): "
+            + ", ".join(f"{short_name(n)} {fast[n]:,.0f}" for n in lib.NORMS) + f" images per second; "
+            f"{short_name(slow)} is the slowest there, a matter of PyTorch's CPU kernels rather than of the "
+            "arithmetic, which is about the same for the three.")
+    short = (f"Cost: the same parameters; on this CPU {short_name(slow)} trains {100 * (1 - fast[slow] / fast[top]):.0f} % "
+             f"slower than {short_name(top)}.")
+    out.append(dict(topic="Cost", short=short, text=text, link=("performance", None)))
+    return out
+
+
+def limits(rows: list[dict], runs: list[dict]) -> str:
+    """What the recommendations rest on, from the runs' own records."""
+    r = runs[0] if runs else {}
+    sweep = (f"; the sweeps use the first {r['n_train']:,} training images for {r['epochs']} epochs" if r else "")
+    return (f"These answers rest on one data set ({rows[0]['data']}), one network of about "
+            f"{rows[0]['params']:,} parameters trained for 20 epochs, and one machine ({rows[0]['device']}){sweep}. "
+            "A deeper network, another data set or a GPU may move the margins; the mechanisms behind them "
+            "(statistics per batch or per image) do not change.")
+
+
+# The sentences and tables of the experiments and why chapters and the landing page, from the summaries above.
+
+def sweep_budget(runs: list[dict]) -> str:
+    """The sweeps' budget, data, device and precision, from the runs' own records."""
+    r = runs[0]
+    seeds = sorted({x["seed"] for x in runs})
+    return (f"**Budget of every point:** the reported recipe on the first {r['n_train']:,} training images "
+            f"({r['n_train'] // 10:,} per class) for {r['epochs']} epochs, evaluated on all {r['n_test']:,} test images "
+            f"at the final epoch; seeds {', '.join(map(str, seeds))} at every point, compared seed by seed. "
+            f"**Learning rate:** peak {r['recipe']['peak_lr']:g} × *B* / {r['recipe']['lr_batch']}, so batch 128 "
+            f"takes {r['epochs'] * math.ceil(r['n_train'] / 128):,} steps and batch 2 "
+            f"{r['epochs'] * math.ceil(r['n_train'] / 2):,}. "
+            f"Data: {r['data']}; {r['device']}, {r['precision']}.")
+
+
+def batch_table(batch: dict):
+    """Mean test accuracy per batch size and norm, and BN minus the better of GN and LN with its verdict."""
+    import pandas as pd
+    at = {(r["norm"], r["batch"]): r for r in batch["rows"]}
+    return pd.DataFrame([{"batch": b, **{n.upper(): at[n, b]["mean"] for n in lib.NORMS},
+                          "BN − best other": batch["lead"][b]["change"], "verdict": batch["lead"][b]["verdict"]}
+                         for b in batch["done"]])
+
+
+def batch_text(batch: dict, control: dict) -> str:
+    """The batch sweep's findings as bullets."""
+    worst, lead = batch["worst"], batch["lead"]
+    c = control["per_norm"]
+    order = lambda o: " > ".join(n.upper() for n in o)
+    same = control["order_10"] == control["order_20"]
+    lines = [
+        "Largest loss from each norm's own batch-128 accuracy: " + ", ".join(
+            f"**{n.upper()} {worst[n]['change_change']:+.2f}** points (batch {worst[n]['batch']})" for n in lib.NORMS) + ".",
+        f"BN minus the better of GN and LN: {lead[batch['done'][-1]]['change']:+.2f} points at batch {batch['done'][-1]}, "
+        f"{lead[batch['done'][0]]['change']:+.2f} at batch {batch['done'][0]}; "
+        + (f"BN is behind beyond the noise at batch {', '.join(map(str, batch['behind']))}." if batch["behind"] else
+           "BN is never behind beyond the noise."),
+        f"Seed noise: one run's accuracy varies by σ = {batch['sigma']:.2f} points between seeds (pooled over the sweep's "
+        f"points); a mean change of {batch['seeds']} paired seeds counts when it exceeds "
+        f"±{noise_bar(batch['sigma'], batch['seeds']):.2f}.",
+        "**Step-count control.** Batch 128 for twice the epochs takes as many steps as batch 64: it changes accuracy "
+        "from batch 128 by " + ", ".join(f"{n.upper()} {c[n]['vs_128']['change']:+.2f}" for n in lib.NORMS)
+        + " points, and lands from batch 64 at " + ", ".join(f"{n.upper()} {c[n]['vs_64']['change']:+.2f}" for n in lib.NORMS)
+        + f". The order of the norms at batch 128 is {order(control['order_10'])} with the sweep's budget and "
+        f"{order(control['order_20'])} with twice the steps" + (": the step count does not decide it." if same else
+        ": the step count changes it, so read the order at small budgets with care."),
+    ]
+    return "\n".join(f"- {l}" for l in lines)
+
+
+def group_table(rows: list[dict]):
+    import pandas as pd
+    return pd.DataFrame([{"G": GROUP_NAMES.get(r["groups"], r["groups"]), "mean test acc. (%)": r["mean"],
+                          "lowest seed": r["lo"], "highest seed": r["hi"], "change from G = 8": r["change_change"],
+                          "verdict": "—" if r["groups"] == "8" else r["change_verdict"]} for r in rows if r["n"]])
+
+
+def group_text(rows: list[dict], summary: dict, sigma: float) -> str:
+    best, worst = summary["best"], summary["worst"]
+    at = {r["groups"]: r for r in rows}
+    return "\n".join(f"- {l}" for l in [
+        f"Best: G = {GROUP_NAMES.get(best['groups'], best['groups'])} ({best['mean']:.2f} %); worst: "
+        f"G = {GROUP_NAMES.get(worst['groups'], worst['groups'])} ({worst['mean']:.2f} %).",
+        "Within the seed noise of the best: G = " + ", ".join(summary["near"]) + ".",
+        f"The two extremes against G = 8: one group (LayerNorm's statistics) {at['1']['change_change']:+.2f} points, "
+        f"one group per channel (Instance Norm) {at['C/1']['change_change']:+.2f} points "
+        f"(bar ±{noise_bar(sigma, at['1']['change_n']):.2f}).",
+    ])
+
+
+def claims_text(batch: dict, groups: list[dict], summary: dict, rows: list[dict]) -> str:
+    """The claims the experiments chapter tests, each with its verdict from the numbers."""
+    worst, done = batch["worst"], batch["done"]
+    most = min(lib.NORMS, key=lambda n: worst[n]["change_change"])
+    small = done[0]
+    lead = batch["lead"][small]
+    at = {r["groups"]: r for r in groups}
+    ordered = [r["mean"] for r in groups if r["n"]]
+    rising = all(a <= b for a, b in zip(ordered, ordered[1:]))
+    main = {r["norm"]: r for r in rows}
+    acc = {(r["norm"], r["batch"]): r["mean"] for r in batch["rows"]}
+    ln_lowest = [b for b in done if acc["ln", b] < min(acc["bn", b], acc["gn", b])]
+    return "\n".join(f"- {c}" for c in [
+        "**BN degrades as the batch shrinks, GN does not** (Wu & He 2018, on ImageNet). "
+        + (f"BN loses the most here too ({worst['bn']['change_change']:+.2f} points at batch {worst['bn']['batch']}), "
+           if most == "bn" else f"Not here: {most.upper()} loses the most ({worst[most]['change_change']:+.2f} points), ")
+        + f"GN {worst['gn']['change_change']:+.2f} and LN {worst['ln']['change_change']:+.2f} at their worst; at batch {small} "
+        + (f"{short_name(lead['other'])} leads BN by {-lead['change']:.2f} points, as in the paper." if lead["verdict"] == "loss" else
+           f"BN still leads by {lead['change']:.2f} points, unlike in the paper." if lead["verdict"] == "gain" else
+           f"BN and {short_name(lead['other'])} are level within the seed noise ({lead['change']:+.2f} points)."),
+        "**\"As the number of groups increases, GN provides better results.\"** "
+        + ("Supported: accuracy rises at every step." if rising else
+           f"Not as stated: accuracy does not rise steadily with G; the best is G = {summary['best']['groups']}, and "
+           f"one group per channel is {at['C/1']['change_change']:+.2f} points from G = 8."),
+        f"**\"LN is not suitable for image classifiers.\"** In the reported runs LN reaches {main['ln']['test_mean']:.2f} % "
+        f"against BN's {main['bn']['test_mean']:.2f} % and GN's {main['gn']['test_mean']:.2f} % (means over seeds); in the "
+        "batch-size sweep it is the lowest of the three at " + (f"batch {', '.join(map(str, ln_lowest))}" if ln_lowest
+        else "no batch size") + ". Weaker in places, but not unsuitable.",
+    ])
+
+
+def fit_table(fit: list[dict]):
+    import pandas as pd
+    return pd.DataFrame([{"norm": short_name(r["norm"]), "train loss": r["train_loss"], "test loss": r["test_loss"],
+                          "train acc. (%)": r["train_acc"], "test acc. (%)": r["test_acc"],
+                          "train − test (points)": r["gap"]} for r in fit])
+
+
+def why_text(why: dict) -> str:
+    """The BN-lead experiment's findings and the explanation they support."""
+    g, fz = why["ghosts"], why["frozen"]
+    lines = [why["fit_text"][0].upper() + why["fit_text"][1:] + "."]
+    if why["noise_text"]:
+        lines.append(why["noise_text"][0].upper() + why["noise_text"][1:] + " (" + ", ".join(
+            f"{n} images: {g[n]['change']:+.2f} ± {g[n]['bar']:.2f}" for n in GHOSTS if g[n]["n"]) + "; paired by seed).")
+    if why["frozen_text"]:
+        lines.append(why["frozen_text"][0].upper() + why["frozen_text"][1:] + ".")
+    if why["supports"] == "noise":
+        verdict = ("**Verdict: the noise of batch statistics acts as a regularizer here.** Adding noise raises BN's test "
+                   "accuracy, and BN's lead is in generalization.")
+    elif why["supports"] == "not noise" and not why["fits_better"]:
+        verdict = ("**Verdict: BN's lead is in generalization, but not from the amount of noise in its statistics.** "
+                   "More noise does not help, so the regularizer story in its usual form is not supported; "
+                   + ("removing the batch statistics after the warm-up costs accuracy, so what BN does with a live "
+                      "batch during training matters, not its noise level." if fz["verdict"] == "loss" else
+                      "and training on with frozen statistics after the warm-up does not cost accuracy either, so "
+                      "what BN gives is settled early in training." if fz["n"] else ""))
+    elif why["fits_better"]:
+        verdict = ("**Verdict: BN fits the training data better as well**, so an optimization advantage (better "
+                   "conditioning) is part of its lead; the noise measurements above say how much noise adds.")
+    else:
+        verdict = "**Verdict: the measurements do not settle it**: the changes are within the seed noise."
+    lines.append(verdict)
+    return "\n\n".join(lines)
+
+
+def answer_text(rows: list[dict], why: dict | None) -> str:
+    """The landing page's first paragraph: who leads by how much, and (from why_bn_leads) why."""
+    order = sorted(rows, key=lambda r: -r["test_mean"])
+    best, second, third = order
+    spread = seed_spread(rows)
+    level = abs(second["test_mean"] - third["test_mean"]) < 2 * spread
+    text = (f"**With everything else held fixed, {best['model'].split(' ')[0]} is the most accurate, by "
+            f"{best['test_mean'] - second['test_mean']:.1f} points**"
+            + (f", and {second['model'].split(' ')[0]} and {third['model'].split(' ')[0]} are level" if level else "")
+            + ": " + ", ".join(f"{r['model'].split(' ')[0]} **{mean_std_text(r)} %**" for r in rows)
+            + f" final test accuracy (mean ± std over {min(r['seeds'] for r in rows)} seeds).")
+    if why and best["norm"] == "bn":
+        text += (" Its lead is in generalization, not in fitting the training images"
+                 if not why["fits_better"] else " It also fits the training images better")
+        text += ({"noise": ", and noisier batch statistics raise it further: the noise acts as a regularizer.",
+                  "not noise": ", and noisier batch statistics do not raise it: the lead does not come from that noise."}
+                 .get(why["supports"], "."))
+    return text
+
+
+def experiments_takeaways(batch: dict, groups: dict) -> str:
+    """The experiments chapter's key takeaways, as a MyST admonition."""
+    worst = batch["worst"]
+    most = min(lib.NORMS, key=lambda n: worst[n]["change_change"])
+    first = batch["bn_fine_from"]
+    lines = [
+        f"As the batch shrinks, {short_name(most)} loses the most ({worst[most]['change_change']:+.1f} points at batch "
+        f"{worst[most]['batch']}); "
+        + ("BatchNorm's statistics come from the batch, and a few images give noisy ones." if most == "bn" else
+           "GroupNorm's and LayerNorm's statistics come from each image, yet the smaller steps cost them more here."),
+        (f"BatchNorm stays the best choice down to batch {first}" + (f"; below it, {short_name(batch['lead'][max(batch['behind'])]['other'])} is ahead."
+         if batch["behind"] else ".")) if first is not None else "BatchNorm is behind at every batch size measured.",
+        "GroupNorm and LayerNorm normalize each image on its own, so a smaller batch changes only their optimization "
+        "(more, noisier steps), never their statistics.",
+        f"More groups is not simply better: G = {' and '.join(groups['near'])} are within noise of each other, and "
+        f"G = {GROUP_NAMES.get(groups['worst']['groups'], groups['worst']['groups'])} is the worst.",
+    ]
+    return ":::{admonition} Key takeaways\n:class: tip\n" + "\n".join(f"- {l}" for l in lines) + "\n:::"
+
+
+def recommendation_list(recs: list[dict], key: str = "short") -> str:
+    """The recommendations as MyST bullets, each linked to its evidence in the book."""
+    ref = lambda page, label: f"{{ref}}`evidence <{label}>`" if label else f"{{doc}}`evidence <{page}>`"
+    return "\n".join(f"- {r[key]} ({ref(*r['link'])})" for r in recs)
+
+
+def why_takeaway(why: dict) -> str:
+    """One clause for the why chapter's takeaways: where BN's lead lies, by the measurements."""
+    where = "its lead is in generalization, not in fitting the training images" if not why["fits_better"] else \
+        "it also fits the training images better"
+    return where + {"noise": "; noisier batch statistics raise its accuracy, so the noise acts as a regularizer",
+                    "not noise": "; noisier batch statistics do not raise its accuracy, so the lead is not the noise "
+                                 "regularizer of the usual story"}.get(why["supports"], "; the noise measurements "
+                                                                       "do not settle why")
+
+
+def setup_table(runs: dict[str, dict]):
+    """The landing page's setup table: what the three reported runs share, from their own records (a value
+    that differs between them is shown for each)."""
+    import pandas as pd
+    def one(values):
+        values = sorted({str(v) for v in values})
+        return values[0] if len(values) == 1 else " / ".join(values)
+    recipes = {n: lib.recorded_recipe(m) for n, m in runs.items()}
+    r0, m0 = recipes["bn"], runs["bn"]
+    setup = {
+        "network": "C1 C2 c3 P1 C3 C4 C5 c6 P2 C7 C8 C9 GAP c10",
+        "each 3x3 conv": one(f"conv → norm → {lib.ACTIVATION_NAMES[r['activation']]}" for r in recipes.values()),
+        "identity shortcuts": one(("around " + " and ".join(f"{a}–{b}" for a, b in lib.SHORTCUTS))
+                                  if r["shortcuts"] else "none" for r in recipes.values()),
+        "parameters": ", ".join(f"{n.upper()} {m['params']:,}" for n, m in runs.items()),
+        "epochs, batch size": one(f"{m['epochs']}, {m['batch_size']}" for m in runs.values()),
+        "optimizer": f"{r0['optimizer']}, one-cycle, peak LR {m0['peak_lr']:g}, weight decay "
+                     f"{r0['weight_decay']:g}, label smoothing {r0['label_smoothing']:g}",
+        "augmentation": f"random flip, random translation ±{r0['translate']} px",
+        "data": one(m["data"] for m in runs.values()),
+        "training / test images": one(f"{m['n_train']:,} / {m['n_test']:,}" for m in runs.values()),
+        "device, precision": one(f"{m['device']}, {m['precision']}" for m in runs.values()),
+    }
+    return pd.Series(setup).to_frame("all three runs")

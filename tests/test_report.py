@@ -36,9 +36,15 @@ def test_error_bars_average_only_runs_trained_like_seed_0(tmp_path, monkeypatch)
 
 
 def fake_sweep(root, accs: dict[tuple[str, int], float]):
+    """Made-up runs of the batch-size sweep plan at seed 0: (norm, batch) -> test accuracy."""
+    folder = root / "runs" / "batch-size"
+    lib.write_json(dict(title="t", device="cpu", data={"n_train": 100}, epochs=1, baseline={},
+                        variants={f"batch {b}": {"batch_size": b} for b in report.BATCHES},
+                        parts=[{"seeds": [0], "runs": [[n, f"batch {b}"] for n in lib.NORMS for b in report.BATCHES]}]),
+                   folder / "plan.json")
     for (norm, batch), acc in accs.items():
-        lib.write_json(dict(norm=norm, batch_size=batch, final_test_acc=acc, budget=dict(n_train=100, epochs=1)),
-                       root / "runs" / "sweep-batch" / f"{norm}-b{batch}-gdefault-s0.json")
+        lib.write_json(dict(norm=norm, seed=0, batch_size=batch, final_test_acc=acc, precision="bf16", n_train=100,
+                            epochs=1), folder / f"{norm}-batch_{batch}-s0.json")
 
 
 def test_findings_come_from_the_artifacts(tmp_path, monkeypatch):
@@ -52,17 +58,20 @@ def test_findings_come_from_the_artifacts(tmp_path, monkeypatch):
     assert found["Ranking"]["text"].endswith("GN and LN differ by 1.00, below twice the largest seed-to-seed std (1.41).")
     assert "for every norm, airplane ↔ automobile" in found["Most confused pair"]["text"]   # the made-up mistakes
     small = found["Small batches"]
-    assert small["value"] == -10.0 and "from batch 128 to batch 2" in small["text"]     # batch 8 is not done by all
-    assert small["text"].endswith("BN -10.00, GN +1.00, LN +0.00 points: BN, whose statistics come from the batch, "
-                                  "loses by far the most.")
+    assert small["value"] == -10.0 and "(the reported recipe on 100 images for 1 epochs, 1 seeds, paired)" in small["text"]
+    assert small["text"].endswith("BN -10.00 points (batch 2), GN +0.00 points (batch 128), LN +0.00 points (batch 2); "
+                                  "BN is never behind the better of GN and LN beyond the seed noise.")   # batch 8: BN only
     fake_sweep(tmp_path, {("ln", 2): 35.0})
-    assert {f["title"]: f for f in report.findings()}["Small batches"]["text"].endswith("LN -15.00 points.")
+    assert "LN -15.00 points (batch 2)" in {f["title"]: f for f in report.findings()}["Small batches"]["text"]
     assert "Contrast" not in found                                     # no robustness results: no such finding
 
 
 def test_findings_with_one_seed_per_norm_say_nothing_of_a_spread(tmp_path, monkeypatch):
     monkeypatch.setattr(lib, "ROOT", tmp_path)
     fake_runs(tmp_path, {"bn": [82.0], "gn": [80.0], "ln": [79.0]})
+    with pytest.raises(lib.NormbookError, match="batch-size/plan.json is missing"):      # no sweep: refused, not skipped
+        report.findings()
+    fake_sweep(tmp_path, {})
     ranking = report.findings()[0]["text"]
     assert ranking.endswith("GN and LN differ by 1.00.") and "nan" not in ranking
 

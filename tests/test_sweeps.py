@@ -1,0 +1,118 @@
+"""The batch-size and group-count sweeps, the BN-lead experiment and "which should I use?", on made-up runs:
+every statement is chosen by the numbers, and changes when they change."""
+import math
+
+import pytest
+
+import lib
+import report
+
+
+def run(norm, variant, seed, acc, precision="bf16"):
+    return dict(norm=norm, variant=variant, seed=seed, final_test_acc=acc, precision=precision)
+
+
+def batch_runs(acc: dict[str, dict[int, tuple[float, float]]]) -> list[dict]:
+    """norm -> batch -> (seed 0, seed 1) accuracies."""
+    return [run(n, f"batch {b}", s, a) for n, by_b in acc.items() for b, pair in by_b.items() for s, a in enumerate(pair)]
+
+
+def level(value):            # the same accuracy at every batch size, with a seed spread of 0.2
+    return {b: (value - 0.1, value + 0.1) for b in report.BATCHES}
+
+
+def test_noise_is_pooled_over_points_and_a_change_counts_only_beyond_its_bar():
+    runs = [run("bn", "batch 128", 0, 70.0), run("bn", "batch 128", 1, 72.0),
+            run("bn", "batch 2", 0, 60.0), run("bn", "batch 2", 1, 62.0), run("gn", "batch 2", 0, 50.0)]
+    assert report.noise(runs) == pytest.approx(math.sqrt(2))             # variance 2 at both repeated points
+    p = report.paired(runs, "bn", "batch 2", "batch 128")
+    assert (p["change"], p["lo"], p["hi"], p["n"]) == (-10.0, -10.0, -10.0, 2)
+    assert p["bar"] == pytest.approx(2 * math.sqrt(2 / 2) * math.sqrt(2)) and p["verdict"] == "loss"
+    assert report.paired(runs, "gn", "batch 2", "batch 128")["verdict"] == "not run"
+    assert report.verdict(0.5, 0.6) == "within noise" and report.verdict(0.7, 0.6) == "gain"
+
+
+def test_the_batch_summary_finds_where_bn_falls_behind():
+    acc = {"bn": level(70.0), "gn": level(68.0), "ln": level(67.0)}
+    acc["bn"][2], acc["bn"][4] = (59.9, 60.1), (64.9, 65.1)               # BN behind GN at 2 and 4 only
+    s = report.batch_summary(batch_runs(acc))
+    assert s["done"] == list(report.BATCHES) and s["behind"] == [2, 4] and s["bn_fine_from"] == 8
+    assert s["worst"]["bn"]["batch"] == 2 and s["worst"]["bn"]["change_change"] == pytest.approx(-10.0)
+    assert s["lead"][2]["other"] == "gn" and s["lead"][128]["verdict"] == "gain"
+    acc["bn"][2] = (67.9, 68.1)                                            # now level with GN at batch 2
+    s = report.batch_summary(batch_runs(acc))
+    assert s["behind"] == [4] and s["bn_fine_from"] == 8                 # behind at 4 still: fine only from 8
+    del acc["ln"][64]
+    assert 64 not in report.batch_summary(batch_runs(acc))["done"]         # a batch size not run by every norm
+
+
+def test_the_step_control_and_the_ghost_rows_pair_by_seed():
+    runs = batch_runs({"bn": level(70.0), "gn": level(68.0), "ln": level(67.0)})
+    runs += [run(n, "batch 128, 20 epochs", s, a + 2 + s) for n, a in (("bn", 70.0), ("gn", 68.0), ("ln", 71.0)) for s in (0, 1)]
+    runs += [run("bn", "batch 128, BN statistics of 4", s, 65.0) for s in (0, 1)]
+    c = report.step_control(runs)
+    assert c["per_norm"]["bn"]["vs_128"]["change"] == pytest.approx(2.5) and c["order_10"] == ["bn", "gn", "ln"]
+    assert c["order_20"] == ["ln", "bn", "gn"]
+    ghosts = {g["images"]: g for g in report.ghost_rows(runs)}
+    assert ghosts[4]["ghost_change"]["change"] == pytest.approx(-5.0) and ghosts[4]["batch_change"]["change"] == 0
+    assert ghosts[16]["ghost_change"]["verdict"] == "not run" and ghosts[128]["ghost"]["mean"] == 70.0
+
+
+def fit(bn_loss=0.90, gn_loss=0.88, ln_loss=0.90):
+    return [dict(norm=n, train_loss=l, test_acc=a) for n, l, a in (("bn", bn_loss, 82.4), ("gn", gn_loss, 81.0),
+                                                                   ("ln", ln_loss, 81.1))]
+
+
+@pytest.mark.parametrize("ghost_acc, supports, words", [
+    (72.0, "noise", "more noise helps"), (65.0, "not noise", "more noise hurts"),
+    (70.1, "not noise", "more noise changes little")])
+def test_why_bn_leads_is_decided_by_the_measurements(ghost_acc, supports, words):
+    runs = batch_runs({"bn": level(70.0), "gn": level(68.0), "ln": level(67.0)})
+    runs += [run("bn", f"batch 128, BN statistics of {g}", s, ghost_acc + (s - 0.5) / 5) for g in report.GHOSTS for s in (0, 1)]
+    runs += [run("bn", "batch 128, BN statistics frozen after warm-up", s, 60.0) for s in (0, 1)]
+    why = report.why_bn_leads(fit(), runs)
+    assert why["supports"] == supports and why["noise_text"].startswith(words)
+    assert not why["fits_better"] and "generalization, not in optimization" in why["fit_text"]
+    assert why["frozen"]["verdict"] == "loss" and "-10.00 points" in why["frozen_text"]
+    assert report.why_bn_leads(fit(bn_loss=0.80), runs)["fits_better"]
+
+
+def test_the_group_summary_keeps_every_count_within_noise_of_the_best():
+    accs = {"1": 60.0, "2": 63.0, "4": 64.9, "C/4": 65.0, "8": 64.8, "C/2": 64.0, "C/1": 55.0}
+    runs = [run("gn", f"groups {g}", s, a + (s - 0.5) / 5) for g, a in accs.items() for s in (0, 1)]
+    rows = report.group_rows(runs)
+    g = report.group_summary(rows, report.noise(runs))
+    assert g["best"]["groups"] == "C/4" and g["near"] == ["4", "C/4", "8"] and g["worst"]["groups"] == "C/1"
+    assert next(r for r in rows if r["groups"] == "1")["change_change"] == pytest.approx(-4.8)
+
+
+def test_the_recommendations_follow_the_numbers():
+    rows = [dict(norm=n, test_mean=a, seeds=3) for n, a in (("bn", 82.4), ("gn", 81.0), ("ln", 81.1))]
+    acc = {"bn": level(70.0), "gn": level(68.0), "ln": level(67.0)}
+    acc["bn"][2] = (59.9, 60.1)
+    batch = report.batch_summary(batch_runs(acc))
+    rob = {n: dict(corrupted=c, changed_2=50.0 if n == "bn" else 0.0, adabn=78.0) for n, c in (("bn", 68.0), ("gn", 72.8), ("ln", 72.1))}
+    speed = [dict(norm=n, lib_images_per_s=v, device="CPU", lib_setting="bf16, x") for n, v in (("bn", 2400.0), ("gn", 1900.0), ("ln", 2800.0))]
+    groups = dict(best=dict(groups="8", mean=65.0), near=["4", "8"], worst=dict(groups="C/1", mean=55.0))
+    rec = {r["topic"]: r for r in report.recommendations(rows, batch, groups, rob, speed)}
+    assert rec["Batch size"]["short"] == ("**BatchNorm** for batches of 4 or more images: the most accurate "
+                                          "(+1.3 points at batch 128); below that, **GroupNorm**.")
+    assert rec["Shifted inputs, one image at a time"]["short"].startswith("**GroupNorm or LayerNorm**")
+    assert "G = 4 or 8" in rec["How many groups"]["short"] and "GroupNorm trains 32 % slower than LayerNorm" in rec["Cost"]["short"]
+    rob["bn"]["corrupted"] = 75.0
+    rows[0]["test_mean"] = 80.0
+    rec = {r["topic"]: r for r in report.recommendations(rows, batch, groups, rob, speed)}
+    assert "**none**" in rec["Shifted inputs, one image at a time"]["short"]
+    assert rec["Batch size"]["text"].startswith("At batch 128 BatchNorm is not ahead: -1.10 points")
+
+
+def test_a_sweep_of_mixed_precision_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(lib, "ROOT", tmp_path)
+    folder = tmp_path / "runs" / "mixed"
+    lib.write_json(dict(title="t", device="cpu", data={"n_train": 100}, epochs=1, baseline={},
+                        variants={"batch 2": {"batch_size": 2}}, parts=[{"seeds": [0, 1], "runs": [["bn", "batch 2"]]}]),
+                   folder / "plan.json")
+    for seed, precision in ((0, "bf16"), (1, "fp32")):
+        lib.write_json(dict(norm="bn", seed=seed, final_test_acc=50.0, precision=precision), folder / f"bn-batch_2-s{seed}.json")
+    with pytest.raises(lib.NormbookError, match="mixes precisions"):
+        report.sweep("runs/mixed")
