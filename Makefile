@@ -45,7 +45,7 @@ runs:
 ## Experiments are plans, runs/<folder>/plan.json; experiments.py trains only what a plan's folder lacks.
 ## The batch-size and group-count sweeps of the experiments chapter:
 sweeps:
-	$(PY) experiments.py run runs/sweep-groups runs/sweep-batch --data $(DATA)
+	$(PY) experiments.py run runs/batch-size runs/group-count --data $(DATA)
 
 ## The experiments planned for the CPU (tuning rounds, Weight Standardization, the ceiling), then those for a CUDA GPU:
 tune:

@@ -11,11 +11,13 @@ README's results block and the notebooks' Colab cell.
 from __future__ import annotations
 
 import copy
+import fcntl
 import hashlib
 import json
 import math
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -745,14 +747,50 @@ def _checksum(path: Path, metrics: dict) -> str:
 RUN_FILES = ("model.pt", "predictions.pt")
 
 
+# What makes two runs "trained the same way": a saved run is replaced only by one that matches it here.
+RUN_IDENTITY = ("norm", "seed", "groups", "epochs", "batch_size", "n_train", "n_test", "data", "precision")
+
+
+def check_replaceable(out: Path, metrics: dict) -> None:
+    """Refuse to replace a saved run with one trained another way (other data, precision, recipe, ...)."""
+    if not (out / "metrics.json").exists():
+        return
+    old = read_json(out / "metrics.json")
+    differ = [k for k in RUN_IDENTITY if old.get(k) != metrics.get(k)]
+    differ += [f"recipe {k}" for k in RECIPE if recorded_recipe(old).get(k) != recorded_recipe(metrics).get(k)]
+    if differ:
+        raise NormbookError(f"{out} holds a run trained otherwise ({', '.join(differ)} differ: "
+                            f"{', '.join(f'{old.get(k)!r} there, {metrics.get(k)!r} here' for k in differ[:2] if k in old)}); "
+                            "remove that folder first to replace it, or save elsewhere")
+
+
 def save_run(model: nn.Module, metrics: dict, predictions: dict, out_dir: str | Path) -> Path:
-    """Write out_dir/model.pt (a plain state_dict), predictions.pt (the final evaluation's class
-    probabilities and the test labels) and metrics.json (last, with both files' checksums)."""
+    """Save a run as a whole: model.pt (a plain state_dict), predictions.pt (the final evaluation's class
+    probabilities and the test labels) and metrics.json (with both files' checksums) are written into a
+    fresh folder beside out_dir, which then takes out_dir's place by renaming. A failure at any point
+    leaves the old run as it was; concurrent saves each swap a whole folder, one at a time (a lock)."""
     out = run_dir(out_dir)
-    save_tensors({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / "model.pt")
-    save_tensors(dict(probs=predictions["probs"].float().cpu(), labels=predictions["labels"].cpu()),
-                 out / "predictions.pt")
-    return seal_run(out, metrics)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    check_replaceable(out, metrics)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.saving-"))
+    try:
+        os.chmod(stage, 0o755)
+        save_tensors({k: v.detach().cpu() for k, v in model.state_dict().items()}, stage / "model.pt")
+        save_tensors(dict(probs=predictions["probs"].float().cpu(), labels=predictions["labels"].cpu()),
+                     stage / "predictions.pt")
+        seal_run(stage, metrics)
+        with open(out.parent / f".{out.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            check_replaceable(out, metrics)                  # again: another save may have landed meanwhile
+            old = out.parent / f"{stage.name}.replaced"
+            if out.exists():
+                os.rename(out, old)
+            os.rename(stage, out)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return out
 
 
 def seal_run(out: Path, metrics: dict) -> Path:
@@ -791,8 +829,17 @@ def load_predictions(out_dir: str | Path) -> dict:
 
 
 def load_metrics(pattern: str = "*") -> list[dict]:
-    """metrics.json of every run under runs/ whose folder name matches `pattern`."""
-    return [dict(read_json(p), run=p.parent.name) for p in sorted((ROOT / "runs").glob(f"{pattern}/metrics.json"))]
+    """metrics.json of every run under runs/ whose folder name matches `pattern`; a folder named
+    <norm>-s<seed> must hold that norm and seed (a folder renamed by hand is refused, not published)."""
+    out = []
+    for p in sorted((ROOT / "runs").glob(f"{pattern}/metrics.json")):
+        m = read_json(p)
+        name = p.parent.name
+        if name.rpartition("-s")[0] in NORMS and name != f"{m.get('norm')}-s{m.get('seed')}":
+            raise NormbookError(f"{p} holds norm {m.get('norm')!r}, seed {m.get('seed')!r}: not the run its folder "
+                                f"{name} names")
+        out.append(dict(m, run=name))
+    return out
 
 
 # =============================================================================================

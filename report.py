@@ -17,8 +17,13 @@ import lib
 
 def main_runs(seed: int = 0) -> dict[str, dict]:
     """The run of each norm that the book reports on (seed 0), keyed by norm; refuses a missing one."""
-    return {norm: dict(lib.read_json(lib.ROOT / "runs" / f"{norm}-s{seed}" / "metrics.json"), run=f"{norm}-s{seed}")
+    runs = {norm: dict(lib.read_json(lib.ROOT / "runs" / f"{norm}-s{seed}" / "metrics.json"), run=f"{norm}-s{seed}")
             for norm in lib.NORMS}
+    for norm, m in runs.items():
+        if (m.get("norm"), m.get("seed")) != (norm, seed):
+            raise lib.NormbookError(f"runs/{norm}-s{seed}/metrics.json holds norm {m.get('norm')!r}, seed "
+                                    f"{m.get('seed')!r}: not the run its folder names")
+    return runs
 
 
 def seed_runs(m: dict) -> list[dict]:
@@ -845,3 +850,13 @@ def setup_table(runs: dict[str, dict]):
         "device, precision": one(f"{m['device']}, {m['precision']}" for m in runs.values()),
     }
     return pd.Series(setup).to_frame("all three runs")
+
+
+def lead_sentence(rows: list[dict]) -> str:
+    """Where BN stands on clean test images at batch 128, against the better of GN and LN."""
+    main = {r["norm"]: r for r in rows}
+    other = max(("gn", "ln"), key=lambda n: main[n]["test_mean"])
+    lead = main["bn"]["test_mean"] - main[other]["test_mean"]
+    return (f"At batch 128, on clean test images, BatchNorm ends {abs(lead):.2f} points "
+            f"{'ahead of' if lead > 0 else 'behind'} {short_name(other)}, the better of the other two "
+            f"({main['bn']['test_mean']:.2f} % against {main[other]['test_mean']:.2f} %, means over seeds). Why?")

@@ -77,6 +77,39 @@ def test_a_failed_write_keeps_the_old_artifact(saved, monkeypatch):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before          # same files, no temp files left
 
 
+def test_a_save_that_fails_halfway_keeps_the_whole_old_run(tiny_data, tmp_path, monkeypatch):
+    old, new = train_tiny(tiny_data, "bn", seed=0), train_tiny(tiny_data, "bn", seed=0, epochs=2)
+    new.metrics["epochs"] = 1                                # trained the same way, other weights
+    out = lib.save_run(*old, tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_save, calls = torch.save, []
+    def fail_second(obj, f):                                # model.pt is written, predictions.pt is not
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_save(obj, f)
+    monkeypatch.setattr(torch, "save", fail_second)
+    with pytest.raises(OSError, match="No space left"):
+        lib.save_run(*new, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and lib.verify_run(out)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["run"]   # no staging left
+    monkeypatch.setattr(torch, "save", real_save)
+    lib.save_run(*new, out)                                  # the same kind of run replaces it, whole
+    assert lib.verify_run(out)["checksums"] != json.loads(before["metrics.json"])["checksums"]
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.pt", "predictions.pt"]
+
+
+def test_a_run_trained_otherwise_never_replaces_a_saved_one(tiny_data, tmp_path):
+    out = lib.save_run(*train_tiny(tiny_data, "bn"), tmp_path / "bn-s0")
+    (out / "notebook.ipynb").write_text("{}")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for other in (train_tiny(tiny_data, "bn", precision="bf16"), train_tiny(tiny_data, "bn", recipe=dict(cutout=4)),
+                  train_tiny(tiny_data, "bn", seed=1)):
+        with pytest.raises(lib.NormbookError, match=r"bn-s0 holds a run trained otherwise \((precision|recipe cutout|seed)"):
+            lib.save_run(*other, out)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_non_finite_numbers_are_never_written_as_json(tmp_path):
     with pytest.raises(ValueError):
         lib.write_json(dict(final_test_loss=float("nan")), tmp_path / "m.json")

@@ -21,7 +21,7 @@ def test_every_plan_is_valid_and_every_model_in_it_is_under_budget(folder):
 
 def test_every_committed_run_is_one_its_plan_names_so_the_runner_reuses_it():
     assert {f.name for f in experiments.plan_dirs()} >= {"tune", "tune-gpu", "tune-gpu-2", "tune-cpu-3",
-                                                         "sweep-batch", "sweep-groups", "weight-std"}
+                                                         "batch-size", "group-count", "weight-std"}
     for folder in experiments.plan_dirs():
         planned = {path for path, *_ in experiments.planned(folder)}
         assert set(folder.glob("*-s*.json")) <= planned, folder.name

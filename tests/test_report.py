@@ -20,7 +20,7 @@ def fake_runs(root, accs: dict[str, list[float]], change: dict | None = None):
             lib.save_tensors(dict(probs=probs, labels=labels), out / "predictions.pt")
             history = [dict(epoch=e, train_acc=acc - 1, test_acc=acc - 10 / e, train_loss=1.0, test_loss=1.0)
                        for e in (1, 2)]
-            lib.seal_run(out, dict(norm=norm, params=1, final_train_acc=acc + 1, final_test_acc=acc,
+            lib.seal_run(out, dict(norm=norm, seed=seed, params=1, final_train_acc=acc + 1, final_test_acc=acc,
                                    final_test_acc_tta=acc + 1, seconds=60.0, data="d", device="cpu",
                                    groups=8 if norm == "gn" else None, n_train=50_000, n_test=10_000,
                                    epochs=lib.MAX_EPOCHS, batch_size=128, history=history,
@@ -108,3 +108,16 @@ def test_the_committed_readme_block_is_what_the_artifacts_say():
     text = (lib.ROOT / "README.md").read_text()
     block = text.split(publish.README_START, 1)[1].split(publish.README_END, 1)[0]
     assert block == "\n" + publish.readme_results(), "README.md is stale: run `make readme`"
+
+
+def test_a_run_folder_renamed_by_hand_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(lib, "ROOT", tmp_path)
+    fake_runs(tmp_path, {"bn": [82.0], "gn": [80.0], "ln": [79.0]})
+    runs = tmp_path / "runs"
+    (runs / "bn-s0").rename(runs / "tmp")
+    (runs / "gn-s0").rename(runs / "bn-s0")
+    (runs / "tmp").rename(runs / "gn-s0")
+    with pytest.raises(lib.NormbookError, match="bn-s0/metrics.json holds norm 'gn', seed 0: not the run its folder names"):
+        report.summary_rows()
+    with pytest.raises(lib.NormbookError, match="holds norm 'bn'"):
+        lib.load_metrics("gn-s*")
