@@ -5,15 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from lib import NORM_NAMES, NORMS, ROOT, NormbookError, atomic_write
-from report import findings, mean_std_text, summary_rows
+from report import answer, findings, mean_std_text, summary_rows
 
 README_START, README_END = "<!-- results:start (make readme) -->", "<!-- results:end -->"
 
 
 def readme_results() -> str:
     """The README's generated block: headline table, figures and findings, from the artifacts."""
-    rows = summary_rows()
-    lines = [] if all(r["full"] for r in rows) else [
+    rows, site = summary_rows(), site_url()
+    a = answer()
+    link = lambda page, label: f"{site}{page}.html" + (f"#{label}" if label else "")
+    lines = [a["text"], "", "**Which should I use?**", ""]
+    lines += [f"- {r['short']} ([evidence]({link(*r['link'])}))" for r in a["recs"]]
+    lines += ["", f"![Left: final test accuracy per norm; right: each norm's change from batch 128 as the batch "
+              f"shrinks]({'book/figures/answer.png'})", ""]
+    lines += [] if all(r["full"] for r in rows) else [
         "> **Smoke runs** (a data subset or fewer than 20 epochs): these numbers say nothing about the norms.", ""]
     lines += [f"Final-epoch accuracy on {'; '.join(sorted({r['data'] for r in rows}))}; "
              f"{'; '.join(sorted({r['device'] for r in rows}))}.", "",
@@ -27,6 +33,14 @@ def readme_results() -> str:
     lines += ["", "![Training curves](book/figures/curves.png)", ""]
     lines += [f"![{NORM_NAMES[n]}: its ten most confident mistakes](book/figures/misclassified_{n}.png)" for n in NORMS]
     return "\n".join(lines) + "\n"
+
+
+def site_url() -> str:
+    """The published site of the repository named in _config.yml: GitHub Pages' address for it."""
+    import yaml
+    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].rstrip("/")
+    owner, repo = url.split("/")[-2:]
+    return f"https://{owner}.github.io/{repo}/"
 
 
 def update_readme(path: Path = ROOT / "README.md") -> None:

@@ -457,63 +457,66 @@ def ghost_rows(runs: list[dict]) -> list[dict]:
     return rows
 
 
-def fit_rows(rows: list[dict] | None = None) -> list[dict]:
-    """Per norm, over the reported runs' seeds: final training loss and accuracy (augmented batches, in
-    training mode) beside test loss and accuracy, and the gap between them."""
+def fit_rows() -> list[dict]:
+    """Per norm, means over the reported runs' seeds (runs/fit/, robustness.fit): accuracy and plain
+    cross-entropy on the clean training images and on the test images, in eval mode; and the gap."""
+    fits = lib.read_jsons(lib.ROOT / "runs" / "fit")
     out = []
-    for norm, m in main_runs().items():
-        seeds = seed_runs(m)
-        mean = lambda get: statistics.mean(get(r) for r in seeds)
-        out.append(dict(norm=norm, seeds=len(seeds), train_loss=mean(lambda r: r["history"][-1]["train_loss"]),
-                        test_loss=mean(lambda r: r["final_test_loss"]), train_acc=mean(lambda r: r["final_train_acc"]),
-                        test_acc=mean(lambda r: r["final_test_acc"]),
-                        gap=mean(lambda r: r["final_train_acc"] - r["final_test_acc"])))
+    for norm in lib.NORMS:
+        mine = [f for f in fits if f["norm"] == norm]
+        if not mine:
+            raise lib.NormbookError(f"runs/fit/ holds no {norm} run: run `make robustness`")
+        mean = lambda key: statistics.mean(f[key] for f in mine)
+        out.append(dict(norm=norm, seeds=len(mine), train_acc=mean("train_acc"), train_loss=mean("train_loss"),
+                        test_acc=mean("test_acc"), test_loss=mean("test_loss"),
+                        gap=mean("train_acc") - mean("test_acc"),
+                        loss_std=statistics.stdev(f["train_loss"] for f in mine) if len(mine) > 1 else float("nan")))
     return out
 
 
 def why_bn_leads(fit: list[dict], runs: list[dict]) -> dict:
     """The competing explanations of BN's lead on clean data, each judged by a measurement:
-    - fit: does BN fit the training data better (a conditioning or step-size advantage would show as a
-      lower training loss), or does it only generalize better?
+    - fit: does BN fit its clean training images better (better conditioning or a larger effective step
+      would show there), and how much of its test lead is already there on the training images?
     - noise: does more noise in BN's statistics (ghost batches) raise test accuracy, and does removing it
       after the warm-up (frozen statistics) lower it?
-    Returns the numbers and a `verdict` sentence chosen from them."""
+    Returns the numbers, the sentences and `supports`: "noise", "fit", "neither" or None (unsettled)."""
     f = {r["norm"]: r for r in fit}
-    other = min(("gn", "ln"), key=lambda n: f[n]["train_loss"])            # the better fit of the two
-    fits_better = f["bn"]["train_loss"] < f[other]["train_loss"]
+    pooled = math.sqrt(statistics.mean(r["loss_std"] ** 2 for r in fit)) if all(r["seeds"] > 1 for r in fit) else float("nan")
+    loss_bar = noise_bar(pooled, min(r["seeds"] for r in fit))
+    fits_better = all(f[n]["train_loss"] - f["bn"]["train_loss"] > loss_bar for n in ("gn", "ln"))
+    share = {n: (f["bn"]["train_acc"] - f[n]["train_acc"]) / (f["bn"]["test_acc"] - f[n]["test_acc"])
+             if f["bn"]["test_acc"] != f[n]["test_acc"] else float("nan") for n in ("gn", "ln")}
     ghosts = {g: paired(runs, "bn", f"batch 128, BN statistics of {g}", "batch 128") for g in GHOSTS}
     frozen = paired(runs, "bn", "batch 128, BN statistics frozen after warm-up", "batch 128")
     gains = [g for g, p in ghosts.items() if p["verdict"] == "gain"]
     losses = [g for g, p in ghosts.items() if p["verdict"] == "loss"]
     lead = bn_lead(runs, "batch 128")
-    if not fits_better:
-        fit_text = (f"BN does not fit the training images better: its final training loss is {f['bn']['train_loss']:.3f} "
-                    f"against {other.upper()}'s {f[other]['train_loss']:.3f}, yet its test accuracy is higher, so its lead "
-                    "is in generalization, not in optimization")
-    else:
-        fit_text = (f"BN also fits the training images better (training loss {f['bn']['train_loss']:.3f} against "
-                    f"{other.upper()}'s {f[other]['train_loss']:.3f}), so part of its lead may be optimization")
+    fit_text = (("BN fits its clean training images better" if fits_better else
+                 "BN does not fit its clean training images better than both others beyond the seed noise")
+                + ": training accuracy " + ", ".join(f"{n.upper()} {f[n]['train_acc']:.2f} %" for n in lib.NORMS)
+                + ", training loss " + ", ".join(f"{f[n]['train_loss']:.3f}" for n in lib.NORMS)
+                + f" (±{loss_bar:.3f} is noise). Of its test lead, the training images already show "
+                + and_join(f"{100 * share[n]:.0f} % against {n.upper()}" for n in ("gn", "ln")))
     if not any(p["n"] for p in ghosts.values()):
-        noise_text, supports = "", None
+        noise_text, noise_helps = "", None
     elif gains and not losses:
-        noise_text = ("more noise helps: statistics from " + ", ".join(f"{g}" for g in gains)
-                      + " images instead of 128 raise BN's accuracy beyond the seed noise")
-        supports = "noise"
+        noise_text, noise_helps = ("more noise helps: statistics from " + and_join(gains)
+                                   + " images instead of 128 raise BN's accuracy beyond the seed noise"), True
     elif losses and not gains:
-        noise_text = ("more noise hurts: statistics from " + ", ".join(f"{g}" for g in losses)
-                      + " images instead of 128 lower BN's accuracy beyond the seed noise")
-        supports = "not noise"
+        noise_text, noise_helps = ("more noise hurts: statistics from " + and_join(losses)
+                                   + " images instead of 128 lower BN's accuracy beyond the seed noise"), False
     else:
-        noise_text = ("more noise changes little: statistics from " + ", ".join(str(g) for g in GHOSTS)
+        noise_text = ("more noise changes little: statistics from " + and_join(GHOSTS)
                       + " images instead of 128 move BN's accuracy by "
-                      + ", ".join(f"{ghosts[g]['change']:+.2f}" for g in GHOSTS) + " points, "
-                      + ("each within" if not gains and not losses else "in both directions beyond")
-                      + " the seed noise")
-        supports = "not noise" if not gains and not losses else None
+                      + and_join(f"{ghosts[g]['change']:+.2f}" for g in GHOSTS) + " points, "
+                      + ("each within" if not gains and not losses else "in both directions beyond") + " the seed noise")
+        noise_helps = False if not gains and not losses else None
     frozen_text = "" if not frozen["n"] else (
         f"without batch statistics after the warm-up BN changes by {frozen['change']:+.2f} points "
         f"({frozen['verdict']}, ±{frozen['bar']:.2f})")
-    return dict(fit=f, other=other, fits_better=fits_better, ghosts=ghosts, frozen=frozen, lead=lead,
+    supports = None if noise_helps is None else "noise" if noise_helps else "fit" if fits_better else "neither"
+    return dict(fit=f, fits_better=fits_better, share=share, ghosts=ghosts, frozen=frozen, lead=lead,
                 fit_text=fit_text, noise_text=noise_text, frozen_text=frozen_text, supports=supports)
 
 
@@ -550,7 +553,13 @@ def group_summary(rows: list[dict], sigma: float) -> dict:
     return dict(best=best, near=near, worst=min(done, key=lambda r: r["mean"]))
 
 
-GROUP_NAMES = {"1": "1 (LayerNorm)", "C/1": "one per channel (Instance Norm)"}
+GROUP_NAMES = {"1": "1 (LayerNorm's statistics)", "C/1": "C/1 (one channel per group: Instance Norm)"}
+
+
+def and_join(items) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    items = [str(i) for i in items]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def short_name(norm: str) -> str:
@@ -572,8 +581,8 @@ def recommendations(rows: list[dict], batch: dict, groups: dict, rob: dict, spee
             f"At batch 128 BatchNorm is not ahead: {lead:+.2f} points against {short_name(other)}. ")
     if done and first is not None:
         text += (f"In the batch-size sweep it is never behind the better of the other two beyond the seed noise from "
-                 f"batch {first} up" + (f"; at batch {', '.join(map(str, batch['behind']))} it is behind by "
-                 + ", ".join(f"{-batch['lead'][b]['change']:.1f}" for b in batch["behind"]) + " points." if batch["behind"] else "."))
+                 f"batch {first} up" + (f"; at batch {and_join(batch['behind'])} it is behind by "
+                 + and_join(f"{-batch['lead'][b]['change']:.1f}" for b in batch["behind"]) + " points." if batch["behind"] else "."))
         short = (f"**BatchNorm** for batches of {first} or more images: the most accurate (+{lead:.1f} points at batch 128)"
                  if lead > 0 else f"**Any of the three** for batches of {first} or more images")
         short += (f"; below that, **{short_name(batch['lead'][max(batch['behind'])]['other'])}**." if batch["behind"] else ".")
@@ -602,12 +611,12 @@ def recommendations(rows: list[dict], batch: dict, groups: dict, rob: dict, spee
     if groups["best"]:
         g = lambda k: GROUP_NAMES.get(k, k)
         near = [k for k in groups["near"] if k != groups["best"]["groups"]]
-        text = (f"With GroupNorm, G = {g(groups['best']['groups'])} is the best of the group sweep "
-                f"({groups['best']['mean']:.2f} %)" + (f", and G = {', '.join(g(k) for k in near)} "
+        text = (f"With GroupNorm, G = {g(groups['best']['groups'])} is the best of the group sweep, "
+                f"{groups['best']['mean']:.2f} %" + (f", and G = {and_join(g(k) for k in near)} "
                 f"{'is' if len(near) == 1 else 'are'} within the seed noise of it" if near else
                 ", ahead of every other count beyond the seed noise")
-                + f"; the worst is G = {g(groups['worst']['groups'])} ({groups['worst']['mean']:.2f} %).")
-        short = (f"With GroupNorm, **G = {' or '.join(groups['near'])}** (within noise of each other); "
+                + f"; the worst is G = {g(groups['worst']['groups'])}, {groups['worst']['mean']:.2f} %.")
+        short = (f"With GroupNorm, **G = {and_join(groups['near']).replace(' and ', ' or ')}** (within noise of each other); "
                  f"G = {g(groups['worst']['groups'])} is the worst.")
         out.append(dict(topic="How many groups", short=short, text=text, link=("experiments", "number-of-groups")))
 
@@ -628,7 +637,7 @@ def limits(rows: list[dict], runs: list[dict]) -> str:
     """What the recommendations rest on, from the runs' own records."""
     r = runs[0] if runs else {}
     sweep = (f"; the sweeps use the first {r['n_train']:,} training images for {r['epochs']} epochs" if r else "")
-    return (f"These answers rest on one data set ({rows[0]['data']}), one network of about "
+    return (f"These answers rest on one data set ({rows[0]['data']}), one network of "
             f"{rows[0]['params']:,} parameters trained for 20 epochs, and one machine ({rows[0]['device']}){sweep}. "
             "A deeper network, another data set or a GPU may move the margins; the mechanisms behind them "
             "(statistics per batch or per image) do not change.")
@@ -669,7 +678,7 @@ def batch_text(batch: dict, control: dict) -> str:
             f"**{n.upper()} {worst[n]['change_change']:+.2f}** points (batch {worst[n]['batch']})" for n in lib.NORMS) + ".",
         f"BN minus the better of GN and LN: {lead[batch['done'][-1]]['change']:+.2f} points at batch {batch['done'][-1]}, "
         f"{lead[batch['done'][0]]['change']:+.2f} at batch {batch['done'][0]}; "
-        + (f"BN is behind beyond the noise at batch {', '.join(map(str, batch['behind']))}." if batch["behind"] else
+        + (f"BN is behind beyond the noise at batch {and_join(batch['behind'])}." if batch["behind"] else
            "BN is never behind beyond the noise."),
         f"Seed noise: one run's accuracy varies by σ = {batch['sigma']:.2f} points between seeds (pooled over the sweep's "
         f"points); a mean change of {batch['seeds']} paired seeds counts when it exceeds "
@@ -695,9 +704,9 @@ def group_text(rows: list[dict], summary: dict, sigma: float) -> str:
     best, worst = summary["best"], summary["worst"]
     at = {r["groups"]: r for r in rows}
     return "\n".join(f"- {l}" for l in [
-        f"Best: G = {GROUP_NAMES.get(best['groups'], best['groups'])} ({best['mean']:.2f} %); worst: "
-        f"G = {GROUP_NAMES.get(worst['groups'], worst['groups'])} ({worst['mean']:.2f} %).",
-        "Within the seed noise of the best: G = " + ", ".join(summary["near"]) + ".",
+        f"Best: G = {GROUP_NAMES.get(best['groups'], best['groups'])}, {best['mean']:.2f} %; worst: "
+        f"G = {GROUP_NAMES.get(worst['groups'], worst['groups'])}, {worst['mean']:.2f} %.",
+        "Within the seed noise of the best: G = " + and_join(summary["near"]) + ".",
         f"The two extremes against G = 8: one group (LayerNorm's statistics) {at['1']['change_change']:+.2f} points, "
         f"one group per channel (Instance Norm) {at['C/1']['change_change']:+.2f} points "
         f"(bar ±{noise_bar(sigma, at['1']['change_n']):.2f}).",
@@ -737,35 +746,34 @@ def claims_text(batch: dict, groups: list[dict], summary: dict, rows: list[dict]
 
 def fit_table(fit: list[dict]):
     import pandas as pd
-    return pd.DataFrame([{"norm": short_name(r["norm"]), "train loss": r["train_loss"], "test loss": r["test_loss"],
-                          "train acc. (%)": r["train_acc"], "test acc. (%)": r["test_acc"],
-                          "train − test (points)": r["gap"]} for r in fit])
+    return pd.DataFrame([{"norm": short_name(r["norm"]), "train acc. (%)": r["train_acc"], "test acc. (%)": r["test_acc"],
+                          "train − test (points)": r["gap"], "train loss": r["train_loss"], "test loss": r["test_loss"]}
+                         for r in fit])
 
 
 def why_text(why: dict) -> str:
     """The BN-lead experiment's findings and the explanation they support."""
     g, fz = why["ghosts"], why["frozen"]
-    lines = [why["fit_text"][0].upper() + why["fit_text"][1:] + "."]
+    cap = lambda t: t[0].upper() + t[1:]
+    lines = [cap(why["fit_text"]) + "."]
     if why["noise_text"]:
-        lines.append(why["noise_text"][0].upper() + why["noise_text"][1:] + " (" + ", ".join(
-            f"{n} images: {g[n]['change']:+.2f} ± {g[n]['bar']:.2f}" for n in GHOSTS if g[n]["n"]) + "; paired by seed).")
+        lines.append(cap(why["noise_text"]) + " (" + "; ".join(
+            f"{n} images: {g[n]['change']:+.2f} ± {g[n]['bar']:.2f}" for n in GHOSTS if g[n]["n"]) + ", paired by seed).")
     if why["frozen_text"]:
-        lines.append(why["frozen_text"][0].upper() + why["frozen_text"][1:] + ".")
-    if why["supports"] == "noise":
-        verdict = ("**Verdict: the noise of batch statistics acts as a regularizer here.** Adding noise raises BN's test "
-                   "accuracy, and BN's lead is in generalization.")
-    elif why["supports"] == "not noise" and not why["fits_better"]:
-        verdict = ("**Verdict: BN's lead is in generalization, but not from the amount of noise in its statistics.** "
-                   "More noise does not help, so the regularizer story in its usual form is not supported; "
-                   + ("removing the batch statistics after the warm-up costs accuracy, so what BN does with a live "
-                      "batch during training matters, not its noise level." if fz["verdict"] == "loss" else
-                      "and training on with frozen statistics after the warm-up does not cost accuracy either, so "
-                      "what BN gives is settled early in training." if fz["n"] else ""))
-    elif why["fits_better"]:
-        verdict = ("**Verdict: BN fits the training data better as well**, so an optimization advantage (better "
-                   "conditioning) is part of its lead; the noise measurements above say how much noise adds.")
-    else:
-        verdict = "**Verdict: the measurements do not settle it**: the changes are within the seed noise."
+        lines.append(cap(why["frozen_text"]) + ".")
+    frozen_note = ("" if not fz["n"] else " Removing the batch statistics after the warm-up costs accuracy, so BN "
+                   "keeps helping while it normalizes with live batches." if fz["verdict"] == "loss" else
+                   " Training on with frozen statistics after the warm-up costs nothing beyond noise, so what BN "
+                   "contributes is settled early in training.")
+    verdict = {
+        "noise": "**Verdict: the noise of batch statistics acts as a regularizer here.** Adding noise raises BN's test "
+                 "accuracy.",
+        "fit": "**Verdict: better optimization, not noise.** BN fits its training images better, which accounts for "
+               "much of its test lead, while adding noise to its statistics does not help: the regularizer story does "
+               "not explain the lead here." + frozen_note,
+        "neither": "**Verdict: neither explanation is supported.** BN does not fit better beyond the noise, and more "
+                   "noise does not help." + frozen_note,
+    }.get(why["supports"], "**Verdict: the measurements do not settle it**: the noise runs point both ways.")
     lines.append(verdict)
     return "\n\n".join(lines)
 
@@ -782,11 +790,10 @@ def answer_text(rows: list[dict], why: dict | None) -> str:
             + ": " + ", ".join(f"{r['model'].split(' ')[0]} **{mean_std_text(r)} %**" for r in rows)
             + f" final test accuracy (mean ± std over {min(r['seeds'] for r in rows)} seeds).")
     if why and best["norm"] == "bn":
-        text += (" Its lead is in generalization, not in fitting the training images"
-                 if not why["fits_better"] else " It also fits the training images better")
-        text += ({"noise": ", and noisier batch statistics raise it further: the noise acts as a regularizer.",
-                  "not noise": ", and noisier batch statistics do not raise it: the lead does not come from that noise."}
-                 .get(why["supports"], "."))
+        text += {"fit": " Its lead comes mostly from fitting the training images better, not from the noise of its "
+                        "batch statistics: adding noise does not raise it.",
+                 "noise": " The noise of its batch statistics acts as a regularizer: adding noise raises it further.",
+                 "neither": " Neither a better fit nor the noise of its batch statistics explains its lead."}.get(why["supports"], "")
     return text
 
 
@@ -804,7 +811,7 @@ def experiments_takeaways(batch: dict, groups: dict) -> str:
          if batch["behind"] else ".")) if first is not None else "BatchNorm is behind at every batch size measured.",
         "GroupNorm and LayerNorm normalize each image on its own, so a smaller batch changes only their optimization "
         "(more, noisier steps), never their statistics.",
-        f"More groups is not simply better: G = {' and '.join(groups['near'])} are within noise of each other, and "
+        f"More groups is not simply better: G = {and_join(groups['near'])} are within noise of each other, and "
         f"G = {GROUP_NAMES.get(groups['worst']['groups'], groups['worst']['groups'])} is the worst.",
     ]
     return ":::{admonition} Key takeaways\n:class: tip\n" + "\n".join(f"- {l}" for l in lines) + "\n:::"
@@ -818,12 +825,11 @@ def recommendation_list(recs: list[dict], key: str = "short") -> str:
 
 def why_takeaway(why: dict) -> str:
     """One clause for the why chapter's takeaways: where BN's lead lies, by the measurements."""
-    where = "its lead is in generalization, not in fitting the training images" if not why["fits_better"] else \
-        "it also fits the training images better"
-    return where + {"noise": "; noisier batch statistics raise its accuracy, so the noise acts as a regularizer",
-                    "not noise": "; noisier batch statistics do not raise its accuracy, so the lead is not the noise "
-                                 "regularizer of the usual story"}.get(why["supports"], "; the noise measurements "
-                                                                       "do not settle why")
+    return {"fit": "it fits its training images better, and noisier batch statistics do not raise its accuracy: "
+                   "optimization, not the noise regularizer of the usual story",
+            "noise": "noisier batch statistics raise its accuracy: the noise acts as a regularizer",
+            "neither": "neither a better fit nor the noise of its statistics explains it"}.get(
+        why["supports"], "the measurements do not settle why")
 
 
 def setup_table(runs: dict[str, dict]):
@@ -860,3 +866,16 @@ def lead_sentence(rows: list[dict]) -> str:
     return (f"At batch 128, on clean test images, BatchNorm ends {abs(lead):.2f} points "
             f"{'ahead of' if lead > 0 else 'behind'} {short_name(other)}, the better of the other two "
             f"({main['bn']['test_mean']:.2f} % against {main[other]['test_mean']:.2f} %, means over seeds). Why?")
+
+
+def answer() -> dict:
+    """Everything the landing page and the README's answer rest on, loaded once: the summary rows, the
+    batch-size sweep's summary, the BN-lead verdict and the recommendations."""
+    rows = summary_rows()
+    batch_runs, group_runs = sweep(BATCH_SWEEP), sweep(GROUP_SWEEP)
+    batch = batch_summary(batch_runs)
+    why = why_bn_leads(fit_rows(), batch_runs)
+    groups = group_summary(group_rows(group_runs), noise(group_runs))
+    recs = recommendations(rows, batch, groups, robustness_summary(lib.read_jsons(lib.ROOT / "runs" / "robustness")),
+                           lib.read_json(lib.ROOT / "bench" / "results.json")["pipelines"])
+    return dict(rows=rows, batch=batch, why=why, recs=recs, text=answer_text(rows, why))

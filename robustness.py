@@ -1,6 +1,7 @@
 """Why the norms differ, measured. During training, the Tracer records what happens inside the network
 (lib.train's trace_every). On the saved models, evaluation under shifted inputs and with other batch
 companions; nothing here trains, and `make robustness` writes runs/robustness/<norm>-s<seed>.json.
+It also writes runs/fit/<norm>-s<seed>.json: how well each model fits its clean training images.
 
 - input scale: the normalized input multiplied by a (contrast about the training mean), and the raw
   image shifted in brightness;
@@ -181,9 +182,26 @@ def evaluate_run(run: str, data: lib.Cifar10, shifted: dict[str, torch.Tensor]) 
     return out
 
 
-def up_to_date(run: str) -> bool:
-    """Whether runs/robustness/<run>.json exists and was measured on the run's present weights."""
-    path = lib.ROOT / "runs" / "robustness" / f"{run}.json"
+def fit(run: str, data: lib.Cifar10) -> dict:
+    """How well a saved model fits: accuracy and plain cross-entropy (no label smoothing) on the clean,
+    un-augmented training images and on the test images, in eval mode, in the run's precision. Unlike the
+    training log's numbers (augmented batches, BN with batch statistics), these are alike for every norm."""
+    model, m = lib.load_run(f"runs/{run}")
+    mean, std = torch.tensor(m["mean"]), torch.tensor(m["std"])
+    out = dict(run=run, norm=m["norm"], seed=m["seed"], data=m["data"], precision=m["precision"],
+               model_checksum=m["checksums"]["model.pt"])
+    for split, x, y in (("train", data.train_x[:m["n_train"]], data.train_y[:m["n_train"]]),
+                        ("test", data.test_x[:m["n_test"]], data.test_y[:m["n_test"]])):
+        with torch.inference_mode():
+            z = logits(model, lib.normalize(x, mean, std), m["precision"])
+        out[f"{split}_acc"] = 100.0 * (z.argmax(1) == y).float().mean().item()
+        out[f"{split}_loss"] = F.cross_entropy(z, y).item()
+    return out
+
+
+def up_to_date(run: str, folder: str = "robustness") -> bool:
+    """Whether runs/<folder>/<run>.json exists and was measured on the run's present weights."""
+    path = lib.ROOT / "runs" / folder / f"{run}.json"
     if not path.exists():
         return False
     return lib.read_json(path).get("model_checksum") == lib.read_json(lib.ROOT / "runs" / run / "metrics.json")["checksums"]["model.pt"]
@@ -196,9 +214,16 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     runs = args.runs or [m["run"] for m in lib.load_metrics("*-s[0-9]")]
     todo = [r for r in runs if not up_to_date(r)]
-    if not todo:
+    fit_todo = [r for r in runs if not up_to_date(r, "fit")]
+    if not todo and not fit_todo:
         return
     data = lib.load_cifar10(args.data)
+    for run in fit_todo:
+        result = fit(run, data)
+        lib.write_json(result, lib.ROOT / "runs" / "fit" / f"{run}.json")
+        print(f"fit {run}: train {result['train_acc']:.2f} %, test {result['test_acc']:.2f} %", flush=True)
+    if not todo:
+        return
     shifted = {f"{name}/{s}": corrupt(data.test_x, name, s) for name in CORRUPTIONS for s in SEVERITIES}
     for run in todo:
         result = evaluate_run(run, data, shifted)
