@@ -90,11 +90,11 @@ def missing(folder: str | Path) -> list[tuple[Path, str, str, int]]:
 
 
 def run_plan(folder: str | Path, data: lib.Cifar10 | None = None, data_dir: str | Path = "data",
-             device: str | None = None) -> int:
-    """Train the runs of a plan that its folder lacks; each is written atomically when done. Returns
-    how many were trained."""
+             device: str | None = None, seeds: list[int] | None = None) -> int:
+    """Train the runs of a plan that its folder lacks (only those of `seeds`, if given); each is written
+    atomically when done. Returns how many were trained."""
     folder = lib.run_dir(folder)
-    plan, todo = load_plan(folder), missing(folder)
+    plan, todo = load_plan(folder), [r for r in missing(folder) if seeds is None or r[3] in seeds]
     if not todo:
         return 0
     if plan["device"] == "cuda" and (device or lib.pick_device().type) != "cuda":
@@ -177,6 +177,7 @@ def main(argv=None) -> None:
                     "plan meant for DEVICE; status: what each plan still lacks")
     ap.add_argument("targets", nargs="*", help="plan folders (run) or one of cpu / cuda / any (device)")
     ap.add_argument("--data", default="data", help="CIFAR-10 folder, as for lib.load_cifar10")
+    ap.add_argument("--seeds", type=int, nargs="*", help="run: only the runs of these seeds (default: all)")
     args = ap.parse_args(argv)
     if args.what == "status":
         for folder in plan_dirs():
@@ -185,13 +186,16 @@ def main(argv=None) -> None:
     if args.what == "device":
         for target in args.targets:
             lib.choose("device", target, ("cpu", "cuda", "any"))
+    if args.seeds is not None and args.what != "run":
+        raise lib.NormbookError("--seeds goes with `run` only")
     folders = ([lib.run_dir(f) for f in args.targets] if args.what == "run" else
                [f for f in plan_dirs() if load_plan(f)["device"] in args.targets])
     data = None
     for folder in folders:
-        if missing(folder):
+        if [r for r in missing(folder) if args.seeds is None or r[3] in args.seeds]:
             data = data or lib.load_cifar10(args.data)
-            run_plan(folder, data=data, device="cuda" if load_plan(folder)["device"] == "cuda" else None)
+            run_plan(folder, data=data, device="cuda" if load_plan(folder)["device"] == "cuda" else None,
+                     seeds=args.seeds)
 
 
 if __name__ == "__main__":

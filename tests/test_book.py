@@ -112,15 +112,18 @@ def test_desktop_answer_first_images_and_links(site, tmp_path):
         problems = [p for p in map(_check_internal_link, sorted(l for l in links if l.startswith("file://"))) if p]
         assert not problems, f"{page}: broken internal links: {problems}"
         if page == "intro":
-            # The answer on the first screen: the headline numbers end, and the key figure's middle lies,
-            # within the first 768 px of the page.
+            # The answer on the first screen: the headline numbers and the whole "Which should I use?" list
+            # end within the first 768 px of the page; the key figure follows.
             where = browser.execute_script("""
                 const main = document.querySelector('main');
                 const strong = Array.from(main.querySelectorAll('strong')).find(s => s.textContent.includes('±'));
-                const img = Array.from(main.querySelectorAll('img')).find(i => i.src.includes('.png'));
-                const box = (e) => e ? e.getBoundingClientRect() : {bottom: 1e9, top: 1e9, height: 0};
-                return [box(strong).bottom, box(img).top + box(img).height / 2];""")
-            assert max(where) < 768, f"headline numbers and key figure at {where} px, beyond the first screen"
+                const which = Array.from(main.querySelectorAll('strong')).find(s => s.textContent.includes('Which should I use'));
+                const list = which ? which.closest('p').nextElementSibling : null;
+                const img = main.querySelector('picture img');
+                const box = (e) => e ? e.getBoundingClientRect() : {bottom: 1e9, top: 1e9};
+                return [box(strong).bottom, box(list).bottom, box(img).top];""")
+            assert max(where[:2]) < 768, f"headline numbers and recommendations end at {where[:2]} px, beyond the first screen"
+            assert where[1] <= where[2] < 1e9, f"the key figure ({where[2]} px) does not follow the recommendations"
         if page == "results":
             assert len(images) >= 8, f"results page shows only {len(images)} images"
 
