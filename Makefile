@@ -7,7 +7,7 @@ DATA    ?= data
 CIFAR_TARBALL ?= ../shared/data/cifar10-jpeg.tar.gz
 PAPERMILL = $(PY) -m papermill --log-output --no-progress-bar
 
-.PHONY: report setup data run runs seeds sweeps tune tune-gpu robustness analysis book readme test browser bench clean
+.PHONY: report setup data run runs seeds sweeps tune tune-gpu cluster robustness analysis book readme test browser bench clean
 
 ## The whole report from nothing: install, data, three training runs, analysis, README, site.
 report: setup data runs robustness analysis readme book
@@ -47,11 +47,18 @@ runs:
 sweeps:
 	$(PY) experiments.py run runs/batch-size runs/group-count --data $(DATA)
 
-## The experiments planned for the CPU (tuning rounds, Weight Standardization, the ceiling), then those for a CUDA GPU:
+## The experiments meant for the CPU (sweeps, lever screen, the ceiling), then those for a CUDA GPU. With RAY=local
+## (a Ray cluster on this machine) or RAY=<address> (an existing cluster), every run is a Ray task: see the README.
+RAY ?=
+RAY_ARGS = $(if $(RAY),--ray $(RAY) $(if $(CPUS_PER_RUN),--cpus-per-run $(CPUS_PER_RUN)) $(if $(GPUS_PER_RUN),--gpus-per-run $(GPUS_PER_RUN)))
 tune:
-	$(PY) experiments.py device cpu --data $(DATA)
+	$(PY) experiments.py device cpu --data $(DATA) $(RAY_ARGS)
 tune-gpu:
-	$(PY) experiments.py device cuda --data $(DATA)
+	$(PY) experiments.py device cuda --data $(DATA) $(RAY_ARGS)
+
+## Ray, for running plans on several machines (an optional extra; the tests use it).
+cluster:
+	$(PY) -m pip install -q --no-build-isolation -e ".[cluster]"
 
 ## Extra seeds for error bars; their executed notebooks stay beside their artifacts.
 seeds:
@@ -77,7 +84,7 @@ book:
 	jupyter-book build book/ -W -n --keep-going
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-test: setup browser
+test: setup browser cluster
 	$(PY) -m pytest -q tests
 
 ## Debian's chromium and chromedriver, for the browser test.

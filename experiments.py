@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -89,14 +90,8 @@ def missing(folder: str | Path) -> list[tuple[Path, str, str, int]]:
     return [r for r in planned(folder) if not r[0].exists()]
 
 
-def run_plan(folder: str | Path, data: lib.Cifar10 | None = None, data_dir: str | Path = "data",
-             device: str | None = None, seeds: list[int] | None = None) -> int:
-    """Train the runs of a plan that its folder lacks (only those of `seeds`, if given); each is written
-    atomically when done. Returns how many were trained."""
-    folder = lib.run_dir(folder)
-    plan, todo = load_plan(folder), [r for r in missing(folder) if seeds is None or r[3] in seeds]
-    if not todo:
-        return 0
+def check_machine(folder: Path, plan: dict, device: str | None = None) -> str:
+    """The plan's precision, after refusing a machine that cannot run the plan as planned."""
     if plan["device"] == "cuda" and (device or lib.pick_device().type) != "cuda":
         raise lib.NormbookError(f"{folder.name} runs on a CUDA GPU; none is visible to PyTorch")
     precision = plan.get("precision", "auto")
@@ -104,27 +99,109 @@ def run_plan(folder: str | Path, data: lib.Cifar10 | None = None, data_dir: str 
     if precision == "bf16" and not lib.bf16_supported(torch.device(device) if device else lib.pick_device()):
         raise lib.NormbookError(f"{folder.name} is pinned to bf16, which this machine lacks (it would be emulated, "
                                 f"about ten times slower); its runs are left for a machine with bf16")
-    data = data or lib.load_cifar10(data_dir)
+    return precision
+
+
+def plan_data(plan: dict, data: lib.Cifar10) -> lib.Cifar10:
+    """The plan's data: a validation split of the training images, or the first n of them and the test set."""
     split = plan["data"]
-    data = data.holdout(split["holdout"]) if "holdout" in split else data.subset(split["n_train"], n_test=lib.FULL_TEST)
+    return data.holdout(split["holdout"]) if "holdout" in split else data.subset(split["n_train"], n_test=lib.FULL_TEST)
+
+
+def train_run(folder: Path, plan: dict, norm: str, name: str, seed: int, data: lib.Cifar10,
+              device: str | None = None) -> dict:
+    """Train one run of a plan on plan_data's data; return its record, as the plan's folder stores it."""
+    precision = check_machine(folder, plan, device)
+    args, split = settings(plan, name), plan["data"]
+    model, m, predictions = lib.train(norm, seed=seed, data=data, device=device, progress=False,
+                                      precision=precision, **args)
+    if "holdout" in split:
+        m.update(tuning=name, change=plan["variants"][name], tuning_baseline=plan["baseline"],
+                 evaluated_on="validation", final_val_acc=m["final_test_acc"],
+                 final_val_acc_tta=m["final_test_acc_tta"])
+    else:
+        m.update(sweep=folder.name.removeprefix("sweep-"), groups=args["groups"] if norm == "gn" else None,
+                 budget=dict(n_train=split["n_train"], epochs=args["epochs"]))
+    if plan.get("bn_batch_stats") and norm == "bn":   # the same model, with the statistics of test batches
+        probs = lib.predict(model, data.test_x, m["mean"], m["std"], m["precision"],
+                            batch_size=args["batch_size"], batch_stats=True)
+        m["final_test_acc_batch_stats"] = lib.accuracy(probs, data.test_y)
+    return m
+
+
+def run_plan(folder: str | Path, data: lib.Cifar10 | None = None, data_dir: str | Path = "data",
+             device: str | None = None, seeds: list[int] | None = None) -> int:
+    """Train the runs of a plan that its folder lacks (only those of `seeds`, if given), one after another;
+    each is written atomically when done. Returns how many were trained."""
+    folder = lib.run_dir(folder)
+    plan, todo = load_plan(folder), [r for r in missing(folder) if seeds is None or r[3] in seeds]
+    if not todo:
+        return 0
+    check_machine(folder, plan, device)
+    data = plan_data(plan, data or lib.load_cifar10(data_dir))
     for path, norm, name, seed in todo:
-        args = settings(plan, name)
-        model, m, predictions = lib.train(norm, seed=seed, data=data, device=device, progress=False,
-                                          precision=precision, **args)
-        if "holdout" in split:
-            m.update(tuning=name, change=plan["variants"][name], tuning_baseline=plan["baseline"],
-                     evaluated_on="validation", final_val_acc=m["final_test_acc"],
-                     final_val_acc_tta=m["final_test_acc_tta"])
-        else:
-            m.update(sweep=folder.name.removeprefix("sweep-"), groups=args["groups"] if norm == "gn" else None,
-                     budget=dict(n_train=split["n_train"], epochs=args["epochs"]))
-        if plan.get("bn_batch_stats") and norm == "bn":   # the same model, with the statistics of test batches
-            probs = lib.predict(model, data.test_x, m["mean"], m["std"], m["precision"],
-                                batch_size=args["batch_size"], batch_stats=True)
-            m["final_test_acc_batch_stats"] = lib.accuracy(probs, data.test_y)
+        m = train_run(folder, plan, norm, name, seed, data, device)
         lib.write_json(m, path)
         print(f"{folder.name}: {path.name}: {m['final_test_acc']:.2f} % in {m['seconds'] / 60:.1f} min", flush=True)
     return len(todo)
+
+
+def _train_on_worker(folder: Path, plan: dict, norm: str, name: str, seed: int, data: lib.Cifar10,
+                     threads: int, device: str | None) -> dict:
+    """A Ray task: one run, with as many threads as the CPUs it reserved (so its numbers equal the serial
+    runner's with that many threads)."""
+    torch.set_num_threads(threads)
+    return train_run(folder, plan, norm, name, seed, data, device)
+
+
+def run_plan_ray(folder: str | Path, address: str | None = None, cpus_per_run: int = 1, gpus_per_run: float = 0.0,
+                 data: lib.Cifar10 | None = None, data_dir: str | Path = "data", seeds: list[int] | None = None) -> int:
+    """Train what a plan lacks as Ray tasks, one per run, each reserving cpus_per_run CPUs and gpus_per_run
+    of a GPU (0.25 packs four runs on one), on a local Ray cluster (address None) or the one at `address`.
+    The data travel through Ray's object store and the results back to this process, which writes each
+    atomically into the plan's folder as it returns; a failed run is reported in one line and the others
+    go on. Returns how many were written."""
+    import ray
+    folder = lib.run_dir(folder)
+    plan, todo = load_plan(folder), [r for r in missing(folder) if seeds is None or r[3] in seeds]
+    if not todo:
+        return 0
+    lib.check_int("cpus_per_run", cpus_per_run, 1)
+    data = plan_data(plan, data or lib.load_cifar10(data_dir))
+    started = not ray.is_initialized()
+    if started:
+        # On a cluster the workers get this repository's code (not its data or runs) from the driver.
+        env = None if address is None else {"working_dir": str(lib.ROOT), "excludes": [
+            "/data/", "/_build/", "/.git/", "/runs/", "/book/", "*.pt"]}
+        ray.init(address=address, include_dashboard=False, runtime_env=env, log_to_driver=False)
+    try:
+        return _run_tasks(folder, plan, todo, data, cpus_per_run, gpus_per_run)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run_tasks(folder: Path, plan: dict, todo: list, data: lib.Cifar10, cpus_per_run: int, gpus_per_run: float) -> int:
+    import ray
+    device = "cuda" if gpus_per_run > 0 else None
+    task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)(_train_on_worker)
+    data_ref = ray.put(data)
+    pending = {task.remote(folder, plan, norm, name, seed, data_ref, cpus_per_run, device): (path, norm, name, seed)
+               for path, norm, name, seed in todo}
+    written = 0
+    while pending:
+        (done,), _ = ray.wait(list(pending), num_returns=1)
+        path, norm, name, seed = pending.pop(done)
+        try:
+            m = ray.get(done)
+        except ray.exceptions.RayTaskError as e:
+            cause = getattr(e, "cause", None) or e
+            print(f"{folder.name}: {path.name} failed: {type(cause).__name__}: {str(cause).splitlines()[0]}", flush=True)
+            continue
+        lib.write_json(m, path)
+        written += 1
+        print(f"{folder.name}: {path.name}: {m['final_test_acc']:.2f} % in {m['seconds'] / 60:.1f} min", flush=True)
+    return written
 
 
 def load_results(folder: str | Path) -> list[dict]:
@@ -178,7 +255,18 @@ def main(argv=None) -> None:
     ap.add_argument("targets", nargs="*", help="plan folders (run) or one of cpu / cuda / any (device)")
     ap.add_argument("--data", default="data", help="CIFAR-10 folder, as for lib.load_cifar10")
     ap.add_argument("--seeds", type=int, nargs="*", help="run: only the runs of these seeds (default: all)")
+    ap.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS", help="run every run as a Ray task: on a "
+                    "local Ray cluster (no ADDRESS, or 'local') or on the cluster at ADDRESS (e.g. 10.0.0.5:6379)")
+    ap.add_argument("--cpus-per-run", type=int, default=1, help="with --ray: CPUs (and threads) each run reserves")
+    ap.add_argument("--gpus-per-run", type=float, default=0.0, help="with --ray: GPUs each run reserves (0.25: four per GPU)")
     args = ap.parse_args(argv)
+    try:
+        run_command(args)
+    except lib.NormbookError as e:
+        sys.exit(f"experiments.py: {e}")
+
+
+def run_command(args) -> None:
     if args.what == "status":
         for folder in plan_dirs():
             print(f"{folder.name}: {len(planned(folder)) - len(missing(folder))} of {len(planned(folder))} runs done")
@@ -190,12 +278,18 @@ def main(argv=None) -> None:
         raise lib.NormbookError("--seeds goes with `run` only")
     folders = ([lib.run_dir(f) for f in args.targets] if args.what == "run" else
                [f for f in plan_dirs() if load_plan(f)["device"] in args.targets])
+    for folder in folders:                        # every plan checked before any data is loaded
+        load_plan(folder)
     data = None
     for folder in folders:
         if [r for r in missing(folder) if args.seeds is None or r[3] in args.seeds]:
             data = data or lib.load_cifar10(args.data)
-            run_plan(folder, data=data, device="cuda" if load_plan(folder)["device"] == "cuda" else None,
-                     seeds=args.seeds)
+            if args.ray:
+                run_plan_ray(folder, None if args.ray == "local" else args.ray, args.cpus_per_run, args.gpus_per_run,
+                             data=data, seeds=args.seeds)
+            else:
+                run_plan(folder, data=data, device="cuda" if load_plan(folder)["device"] == "cuda" else None,
+                         seeds=args.seeds)
 
 
 if __name__ == "__main__":
