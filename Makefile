@@ -96,4 +96,4 @@ bench:
 	$(PY) bench/throughput.py
 
 clean:
-	rm -rf book/_build
+	rm -rf _build book/_build

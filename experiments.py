@@ -32,6 +32,7 @@ import torch
 import lib
 
 PLAN_KEYS = {"title", "device", "data", "epochs", "baseline", "variants", "parts"}
+OPTIONAL_KEYS = {"note", "precision", "max_epochs", "bn_batch_stats"}
 RUN_KEYS = {"batch_size", "groups", "epochs"}             # a variant may change these besides the recipe
 TARGETS = {"bn": 85.0, "gn": 83.0, "ln": 82.0}            # engineering goals: final test accuracy (%), mean of seeds
 
@@ -63,6 +64,28 @@ def load_plan(folder: str | Path) -> dict:
         for norm, name in part["runs"]:
             lib.choose(f"norm in {where}", norm, lib.NORMS)
             lib.choose(f"variant in {where}", name, plan["variants"])
+    unknown = set(plan) - PLAN_KEYS - OPTIONAL_KEYS
+    if unknown:
+        raise lib.NormbookError(f"{where}: unknown keys {sorted(unknown)}: a plan has {', '.join(sorted(PLAN_KEYS | OPTIONAL_KEYS))}")
+    files = {}
+    for name in plan["variants"]:
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
+            raise lib.NormbookError(f"{where}: variant name {name!r} must be a plain name (no path separators)")
+        if files.setdefault(name.replace(" ", "_"), name) != name:
+            raise lib.NormbookError(f"{where}: variants {files[name.replace(' ', '_')]!r} and {name!r} would share one file")
+    n_train = plan["data"].get("n_train") or lib.FULL_TRAIN - plan["data"]["holdout"]
+    runs = [(norm, name, seed) for part in plan["parts"] for seed in part["seeds"] for norm, name in part["runs"]]
+    if len(set(runs)) < len(runs):
+        raise lib.NormbookError(f"{where} names a run twice: {sorted({r for r in runs if runs.count(r) > 1})[0]}")
+    for norm, name, seed in runs:                  # every run's settings, checked before any data is loaded
+        args = settings(plan, name)
+        try:
+            lib.check_params(norm, args["epochs"], args["batch_size"], seed, groups=args["groups"],
+                             max_epochs=args["max_epochs"], precision=plan.get("precision", "auto"))
+            lib.check_int("batch_size", args["batch_size"], 1, n_train)
+            lib.check_recipe(args["recipe"])
+        except lib.NormbookError as e:
+            raise lib.NormbookError(f"{where}: {norm} {name!r}: {e}") from None
     return plan
 
 
@@ -132,18 +155,25 @@ def train_run(folder: Path, plan: dict, norm: str, name: str, seed: int, data: l
 def run_plan(folder: str | Path, data: lib.Cifar10 | None = None, data_dir: str | Path = "data",
              device: str | None = None, seeds: list[int] | None = None) -> int:
     """Train the runs of a plan that its folder lacks (only those of `seeds`, if given), one after another;
-    each is written atomically when done. Returns how many were trained."""
+    each is written atomically when done, a failed one is reported in one line and the others go on.
+    Returns how many were written."""
     folder = lib.run_dir(folder)
     plan, todo = load_plan(folder), [r for r in missing(folder) if seeds is None or r[3] in seeds]
     if not todo:
         return 0
     check_machine(folder, plan, device)
     data = plan_data(plan, data or lib.load_cifar10(data_dir))
+    written = 0
     for path, norm, name, seed in todo:
-        m = train_run(folder, plan, norm, name, seed, data, device)
+        try:
+            m = train_run(folder, plan, norm, name, seed, data, device)
+        except (lib.NormbookError, lib.TrainingDiverged) as e:           # reported; the other runs go on
+            print(f"{folder.name}: {path.name} failed: {type(e).__name__}: {e}", flush=True)
+            continue
         lib.write_json(m, path)
+        written += 1
         print(f"{folder.name}: {path.name}: {m['final_test_acc']:.2f} % in {m['seconds'] / 60:.1f} min", flush=True)
-    return len(todo)
+    return written
 
 
 def _train_on_worker(folder: Path, plan: dict, norm: str, name: str, seed: int, data: lib.Cifar10,

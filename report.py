@@ -520,10 +520,17 @@ def why_bn_leads(fit: list[dict], runs: list[dict]) -> dict:
                 fit_text=fit_text, noise_text=noise_text, frozen_text=frozen_text, supports=supports)
 
 
+def group_variant(groups: str) -> str:
+    """The group sweep's variant name for a group count: 'groups 8', or '4 channels per group' for 'C/4'."""
+    if groups.startswith("C/"):
+        return f"{groups[2:]} channel{'s' if groups != 'C/1' else ''} per group"
+    return f"groups {groups}"
+
+
 def group_rows(runs: list[dict]) -> list[dict]:
     """GroupNorm per group count, by channels per group, with the paired change from G = 8."""
-    return [dict(groups=g, **point(runs, "gn", f"groups {g}"),
-                 **{f"change_{k}": v for k, v in paired(runs, "gn", f"groups {g}", "groups 8").items()})
+    return [dict(groups=g, **point(runs, "gn", group_variant(g)),
+                 **{f"change_{k}": v for k, v in paired(runs, "gn", group_variant(g), "groups 8").items()})
             for g in GROUPS]
 
 

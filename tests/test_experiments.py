@@ -90,6 +90,14 @@ def test_a_sweep_plan_evaluates_on_the_test_set_and_bn_with_batch_statistics(tin
     (dict(variants={"recipe": {}, "odd": {"momentun": 0.8}}), "unknown settings ['momentun']"),
     (dict(parts=[{"seeds": [0], "runs": [["bn", "missing"]]}]), "unknown variant"),
     (dict(parts=[{"seeds": [0], "runs": [["in", "recipe"]]}]), "unknown norm"),
+    (dict(precison="bf16"), "unknown keys ['precison']"),
+    (dict(variants={"recipe": {}, "../../outside": {}}, parts=[{"seeds": [0], "runs": [["bn", "recipe"]]}]), "must be a plain name"),
+    (dict(variants={"recipe": {}, "a b": {}, "a_b": {}}, parts=[{"seeds": [0], "runs": [["bn", "recipe"]]}]), "variants 'a b' and 'a_b' would share one file"),
+    (dict(parts=[{"seeds": [0, 0], "runs": [["bn", "recipe"]]}]), "names a run twice: ('bn', 'recipe', 0)"),
+    (dict(variants={"recipe": {"batch_size": 10 ** 6}}, parts=[{"seeds": [0], "runs": [["bn", "recipe"]]}]), "bn 'recipe': batch_size=1000000 is invalid"),
+    (dict(variants={"recipe": {"groups": "C/x"}}, parts=[{"seeds": [0], "runs": [["gn", "recipe"]]}]), "groups='C/x'"),
+    (dict(parts=[{"seeds": [-1], "runs": [["bn", "recipe"]]}]), "seed=-1 is invalid"),
+    (dict(precision="fp16"), "unknown precision 'fp16'"),
 ])
 def test_a_bad_plan_is_refused_naming_the_file(tmp_path, change, words):
     folder = write_plan(tmp_path / "bad", **change)

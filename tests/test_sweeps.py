@@ -83,7 +83,8 @@ def test_why_bn_leads_is_decided_by_the_measurements(ghost_acc, supports, words)
 
 def test_the_group_summary_keeps_every_count_within_noise_of_the_best():
     accs = {"1": 60.0, "2": 63.0, "4": 64.9, "C/4": 65.0, "8": 64.8, "C/2": 64.0, "C/1": 55.0}
-    runs = [run("gn", f"groups {g}", s, a + (s - 0.5) / 5) for g, a in accs.items() for s in (0, 1)]
+    runs = [run("gn", report.group_variant(g), s, a + (s - 0.5) / 5) for g, a in accs.items() for s in (0, 1)]
+    assert report.group_variant("C/4") == "4 channels per group" and report.group_variant("C/1") == "1 channel per group"
     rows = report.group_rows(runs)
     g = report.group_summary(rows, report.noise(runs))
     assert g["best"]["groups"] == "C/4" and g["near"] == ["4", "C/4", "8"] and g["worst"]["groups"] == "C/1"
