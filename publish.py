@@ -15,7 +15,9 @@ def readme_results() -> str:
     rows, site = summary_rows(), site_url()
     a = answer()
     link = lambda page, label: f"{site}{page}.html" + (f"#{label}" if label else "")
-    lines = [a["text"], "", "**Which should I use?**", ""]
+    colab = f"https://colab.research.google.com/github/{'/'.join(repository()[-2:])}/blob/main/book/intro.ipynb"
+    lines = [f"**Read it:** [{site}]({site}) · [![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab})",
+             "", a["text"], "", "**Which should I use?**", ""]
     lines += [f"- {r['short']} ([evidence]({link(*r['link'])}))" for r in a["recs"]]
     lines += ["", f"![Left: final test accuracy per norm; right: each norm's change from batch 128 as the batch "
               f"shrinks]({'book/figures/answer.png'})", ""]
@@ -35,11 +37,15 @@ def readme_results() -> str:
     return "\n".join(lines) + "\n"
 
 
+def repository() -> list[str]:
+    """The repository's URL in _config.yml, split at its slashes (its last two parts: owner, name)."""
+    import yaml
+    return yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].rstrip("/").split("/")
+
+
 def site_url() -> str:
     """The published site of the repository named in _config.yml: GitHub Pages' address for it."""
-    import yaml
-    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].rstrip("/")
-    owner, repo = url.split("/")[-2:]
+    owner, repo = repository()[-2:]
     return f"https://{owner}.github.io/{repo}/"
 
 
@@ -54,17 +60,25 @@ def update_readme(path: Path = ROOT / "README.md") -> None:
 
 
 
+COLAB_HEAD = "# Only where the repository is not around this notebook (e.g. in Colab): fetch it once, install what it needs."
+
+
 def colab_cell() -> str:
-    """The first cell of every notebook: where the repository is not around it (e.g. in Colab), fetch it
-    and install what the book needs on top of Colab's PyTorch; elsewhere it does nothing. The URL comes
-    from _config.yml, its one home in the repository."""
+    """The first cell of every notebook: where this repository is not around it (e.g. in Colab), fetch it
+    and install what the book needs on top of Colab's PyTorch; elsewhere it does nothing. It recognises the
+    repository by its own pyproject.toml (not by any module called lib), and a re-run after a runtime
+    restart finds the earlier clone instead of cloning again. The URL comes from _config.yml."""
     import yaml
     url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
-    return (f"# Only where the repository is not around this notebook (e.g. in Colab): fetch it, install what it needs.\n"
-            f"import importlib.util, os, subprocess, sys\n"
-            f"if importlib.util.find_spec(\"lib\") is None:\n"
-            f"    subprocess.run([\"git\", \"clone\", \"--depth\", \"1\", \"{url}\", \"normbook\"], check=True)\n"
-            f"    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\", \"torchinfo\", \"myst-nb\"], check=True)\n"
+    return (f"{COLAB_HEAD}\n"
+            f"import os, subprocess, sys\n"
+            f"def _normbook(d):\n"
+            f"    p = os.path.join(d, \"pyproject.toml\")\n"
+            f"    return os.path.exists(p) and 'name = \"normbook\"' in open(p).read()\n"
+            f"if not (_normbook(\".\") or _normbook(\"..\")):\n"
+            f"    if not _normbook(\"normbook\"):\n"
+            f"        subprocess.run([\"git\", \"clone\", \"--depth\", \"1\", \"{url}\", \"normbook\"], check=True)\n"
+            f"        subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\", \"torchinfo\", \"myst-nb\"], check=True)\n"
             f"    os.chdir(\"normbook\")   # lib.py is importable from here")
 
 
@@ -77,7 +91,7 @@ def write_colab_cells(paths=None) -> None:
         nb = nbformat.read(path, as_version=4)
         cell = nbformat.v4.new_code_cell(colab_cell(), metadata={"tags": ["remove-cell"]})
         first = nb.cells[0]
-        if first.cell_type == "code" and "find_spec(\"lib\")" in first.source:
+        if first.cell_type == "code" and first.source.startswith("# Only where the repository is not around"):
             if first.source == cell.source:
                 continue
             nb.cells[0] = cell
