@@ -38,12 +38,12 @@ def test_error_bars_average_only_runs_trained_like_seed_0(tmp_path, monkeypatch)
 def fake_sweep(root, accs: dict[tuple[str, int], float]):
     """Made-up runs of the batch-size sweep plan at seed 0: (norm, batch) -> test accuracy."""
     folder = root / "runs" / "batch-size"
-    lib.write_json(dict(title="t", device="cpu", data={"n_train": 100}, epochs=1, baseline={},
+    lib.write_json(dict(title="t", device="cpu", data={"n_train": 1000}, epochs=1, baseline={},
                         variants={f"batch {b}": {"batch_size": b} for b in report.BATCHES},
                         parts=[{"seeds": [0], "runs": [[n, f"batch {b}"] for n in lib.NORMS for b in report.BATCHES]}]),
                    folder / "plan.json")
     for (norm, batch), acc in accs.items():
-        lib.write_json(dict(norm=norm, seed=0, batch_size=batch, final_test_acc=acc, precision="bf16", n_train=100,
+        lib.write_json(dict(norm=norm, seed=0, batch_size=batch, final_test_acc=acc, precision="bf16", n_train=1000,
                             epochs=1), folder / f"{norm}-batch_{batch}-s0.json")
 
 
@@ -58,7 +58,7 @@ def test_findings_come_from_the_artifacts(tmp_path, monkeypatch):
     assert found["Ranking"]["text"].endswith("GN and LN differ by 1.00, below twice the largest seed-to-seed std (1.41).")
     assert "for every norm, airplane ↔ automobile" in found["Most confused pair"]["text"]   # the made-up mistakes
     small = found["Small batches"]
-    assert small["value"] == -10.0 and "(the reported recipe on 100 images for 1 epochs, 1 seeds, paired)" in small["text"]
+    assert small["value"] == -10.0 and "(the reported recipe on 1,000 images for 1 epochs, 1 seeds, paired)" in small["text"]
     assert small["text"].endswith("BN -10.00 points (batch 2), GN +0.00 points (batch 128), LN +0.00 points (batch 2); "
                                   "BN is never behind the better of GN and LN beyond the seed noise.")   # batch 8: BN only
     fake_sweep(tmp_path, {("ln", 2): 35.0})
