@@ -152,6 +152,13 @@ def train_run(folder: Path, plan: dict, norm: str, name: str, seed: int, data: l
     return m
 
 
+def diverged_record(plan: dict, norm: str, name: str, seed: int, error: Exception) -> dict:
+    """The record of a run whose loss became non-finite: how it was trained and what happened."""
+    args = settings(plan, name)
+    return dict(norm=norm, seed=seed, batch_size=args["batch_size"], epochs=args["epochs"], recipe=args["recipe"],
+                precision=plan.get("precision", "auto"), diverged=str(error))
+
+
 def run_plan(folder: str | Path, data: lib.Cifar10 | None = None, data_dir: str | Path = "data",
              device: str | None = None, seeds: list[int] | None = None) -> int:
     """Train the runs of a plan that its folder lacks (only those of `seeds`, if given), one after another;
@@ -167,8 +174,12 @@ def run_plan(folder: str | Path, data: lib.Cifar10 | None = None, data_dir: str 
     for path, norm, name, seed in todo:
         try:
             m = train_run(folder, plan, norm, name, seed, data, device)
-        except (lib.NormbookError, lib.TrainingDiverged) as e:           # reported; the other runs go on
-            print(f"{folder.name}: {path.name} failed: {type(e).__name__}: {e}", flush=True)
+        except lib.TrainingDiverged as e:               # a result too: recorded, and not trained again
+            lib.write_json(diverged_record(plan, norm, name, seed, e), path)
+            print(f"{folder.name}: {path.name} diverged: {e}", flush=True)
+            continue
+        except lib.NormbookError as e:                  # reported; the other runs go on
+            print(f"{folder.name}: {path.name} failed: {e}", flush=True)
             continue
         lib.write_json(m, path)
         written += 1
@@ -226,7 +237,11 @@ def _run_tasks(folder: Path, plan: dict, todo: list, data: lib.Cifar10, cpus_per
             m = ray.get(done)
         except ray.exceptions.RayTaskError as e:
             cause = getattr(e, "cause", None) or e
-            print(f"{folder.name}: {path.name} failed: {type(cause).__name__}: {str(cause).splitlines()[0]}", flush=True)
+            if isinstance(cause, lib.TrainingDiverged):
+                lib.write_json(diverged_record(plan, norm, name, seed, cause), path)
+                print(f"{folder.name}: {path.name} diverged: {cause}", flush=True)
+            else:
+                print(f"{folder.name}: {path.name} failed: {type(cause).__name__}: {str(cause).splitlines()[0]}", flush=True)
             continue
         lib.write_json(m, path)
         written += 1
@@ -235,15 +250,23 @@ def _run_tasks(folder: Path, plan: dict, todo: list, data: lib.Cifar10, cpus_per
 
 
 def load_results(folder: str | Path) -> list[dict]:
-    """Every finished run of a plan, with `variant`, its name in the plan; tuning runs get `delta`: validation accuracy minus that of the
+    """Every finished run of a plan (not those that diverged: diverged_runs), with `variant`, its name in the
+    plan; tuning runs get `delta`: validation accuracy minus that of the
     baseline run ("recipe") of the same norm and seed (None where that baseline has not run yet)."""
     runs = [dict(lib.read_json(path), variant=name) for path, _, name, _ in planned(folder) if path.exists()]
+    runs = [r for r in runs if "diverged" not in r]
     base = {(t["norm"], t["seed"]): t["final_val_acc"] for t in runs if t.get("tuning") == "recipe"}
     for t in runs:
         if "tuning" in t:
             b = base.get((t["norm"], t["seed"]))
             t["delta"] = None if b is None else t["final_val_acc"] - b
     return runs
+
+
+def diverged_runs(folder: str | Path) -> list[dict]:
+    """The records of a plan's runs whose loss became non-finite, with `variant`."""
+    runs = [dict(lib.read_json(path), variant=name) for path, _, name, _ in planned(folder) if path.exists()]
+    return [r for r in runs if "diverged" in r]
 
 
 def noise_threshold(folder: str | Path = "runs/tune") -> tuple[float, float]:

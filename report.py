@@ -365,6 +365,12 @@ def sweep(folder: str) -> list[dict]:
     return runs
 
 
+def diverged(folder: str) -> list[dict]:
+    """A sweep's runs whose loss became non-finite (their records say when)."""
+    import experiments
+    return experiments.diverged_runs(folder)
+
+
 def accs(runs: list[dict], norm: str, variant: str) -> dict[int, float]:
     """seed -> final test accuracy of one point of a sweep."""
     return {r["seed"]: r["final_test_acc"] for r in runs if (r["norm"], r["variant"]) == (norm, variant)}
@@ -474,12 +480,16 @@ def fit_rows() -> list[dict]:
     return out
 
 
-def why_bn_leads(fit: list[dict], runs: list[dict]) -> dict:
+FROZEN = "batch 128, BN statistics frozen after warm-up"
+
+
+def why_bn_leads(fit: list[dict], runs: list[dict], diverged: list[dict] = ()) -> dict:
     """The competing explanations of BN's lead on clean data, each judged by a measurement:
     - fit: does BN fit its clean training images better (better conditioning or a larger effective step
       would show there), and how much of its test lead is already there on the training images?
     - noise: does more noise in BN's statistics (ghost batches) raise test accuracy, and does removing it
-      after the warm-up (frozen statistics) lower it?
+      after the warm-up (frozen statistics) lower it? (`diverged`: the sweep's runs whose loss became
+      non-finite, experiments.diverged_runs.)
     Returns the numbers, the sentences and `supports`: "noise", "fit", "neither" or None (unsettled)."""
     f = {r["norm"]: r for r in fit}
     pooled = math.sqrt(statistics.mean(r["loss_std"] ** 2 for r in fit)) if all(r["seeds"] > 1 for r in fit) else float("nan")
@@ -488,7 +498,8 @@ def why_bn_leads(fit: list[dict], runs: list[dict]) -> dict:
     share = {n: (f["bn"]["train_acc"] - f[n]["train_acc"]) / (f["bn"]["test_acc"] - f[n]["test_acc"])
              if f["bn"]["test_acc"] != f[n]["test_acc"] else float("nan") for n in ("gn", "ln")}
     ghosts = {g: paired(runs, "bn", f"batch 128, BN statistics of {g}", "batch 128") for g in GHOSTS}
-    frozen = paired(runs, "bn", "batch 128, BN statistics frozen after warm-up", "batch 128")
+    frozen = paired(runs, "bn", FROZEN, "batch 128")
+    frozen_diverged = sorted((r for r in diverged if (r["norm"], r["variant"]) == ("bn", FROZEN)), key=lambda r: r["seed"])
     gains = [g for g, p in ghosts.items() if p["verdict"] == "gain"]
     losses = [g for g, p in ghosts.items() if p["verdict"] == "loss"]
     lead = bn_lead(runs, "batch 128")
@@ -512,11 +523,16 @@ def why_bn_leads(fit: list[dict], runs: list[dict]) -> dict:
                       + and_join(f"{ghosts[g]['change']:+.2f}" for g in GHOSTS) + " points, "
                       + ("each within" if not gains and not losses else "in both directions beyond") + " the seed noise")
         noise_helps = False if not gains and not losses else None
-    frozen_text = "" if not frozen["n"] else (
-        f"without batch statistics after the warm-up BN changes by {frozen['change']:+.2f} points "
-        f"({frozen['verdict']}, ±{frozen['bar']:.2f})")
+    import re
+    when = lambda r: (re.search(r"in epoch \d+ of \d+", r["diverged"]) or re.search(r".*", r["diverged"])).group(0)
+    frozen_text = ("with its statistics frozen after the warm-up BN does not train at this learning rate: its loss "
+                   "became non-finite " + and_join(f"{when(r)} (seed {r['seed']})" for r in frozen_diverged)
+                   if frozen_diverged else "" if not frozen["n"] else
+                   f"without batch statistics after the warm-up BN changes by {frozen['change']:+.2f} points "
+                   f"({frozen['verdict']}, ±{frozen['bar']:.2f})")
     supports = None if noise_helps is None else "noise" if noise_helps else "fit" if fits_better else "neither"
     return dict(fit=f, fits_better=fits_better, share=share, ghosts=ghosts, frozen=frozen, lead=lead,
+                frozen_diverged=frozen_diverged,
                 fit_text=fit_text, noise_text=noise_text, frozen_text=frozen_text, supports=supports)
 
 
@@ -768,13 +784,16 @@ def why_text(why: dict) -> str:
             f"{n} images: {g[n]['change']:+.2f} ± {g[n]['bar']:.2f}" for n in GHOSTS if g[n]["n"]) + ", paired by seed).")
     if why["frozen_text"]:
         lines.append(cap(why["frozen_text"]) + ".")
-    frozen_note = ("" if not fz["n"] else " Removing the batch statistics after the warm-up costs accuracy, so BN "
+    frozen_note = (" With its statistics frozen, BN no longer rescales activations as the weights change, and the same "
+                   "learning rate makes training diverge: the live normalization is what keeps these steps stable, "
+                   "an optimization effect." if why["frozen_diverged"] else
+                   "" if not fz["n"] else " Removing the batch statistics after the warm-up costs accuracy, so BN "
                    "keeps helping while it normalizes with live batches." if fz["verdict"] == "loss" else
                    " Training on with frozen statistics after the warm-up costs nothing beyond noise, so what BN "
                    "contributes is settled early in training.")
     verdict = {
         "noise": "**Verdict: the noise of batch statistics acts as a regularizer here.** Adding noise raises BN's test "
-                 "accuracy.",
+                 "accuracy." + frozen_note,
         "fit": "**Verdict: better optimization, not noise.** BN fits its training images better, which accounts for "
                "much of its test lead, while adding noise to its statistics does not help: the regularizer story does "
                "not explain the lead here." + frozen_note,
@@ -881,7 +900,7 @@ def answer() -> dict:
     rows = summary_rows()
     batch_runs, group_runs = sweep(BATCH_SWEEP), sweep(GROUP_SWEEP)
     batch = batch_summary(batch_runs)
-    why = why_bn_leads(fit_rows(), batch_runs)
+    why = why_bn_leads(fit_rows(), batch_runs, diverged(BATCH_SWEEP))
     groups = group_summary(group_rows(group_runs), noise(group_runs))
     recs = recommendations(rows, batch, groups, robustness_summary(lib.read_jsons(lib.ROOT / "runs" / "robustness")),
                            lib.read_json(lib.ROOT / "bench" / "results.json")["pipelines"])

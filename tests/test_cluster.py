@@ -52,10 +52,12 @@ def test_a_plan_on_a_ray_cluster_gives_the_serial_runners_records(cluster, tiny_
         assert experiments.run_plan(serial, data=tiny_data) == 4
     finally:
         torch.set_num_threads(threads)
-    assert experiments.run_plan_ray(on_ray, cluster, cpus_per_run=1, data=tiny_data) == 4
+    assert experiments.run_plan_ray(on_ray, cluster, cpus_per_run=1, data=tiny_data) == 4     # 2 more diverge
     out = capsys.readouterr().out
-    assert "ln-diverges-s0.json failed: TrainingDiverged: the loss became non-finite" in out   # reported, others landed
-    assert sorted(p.name for p in on_ray.glob("*-s*.json")) == sorted(p.name for p in serial.glob("*-s*.json"))
+    assert "ln-diverges-s0.json diverged: the loss became non-finite" in out        # reported and recorded
+    assert [r["seed"] for r in experiments.diverged_runs(on_ray)] == [0, 1]
+    assert sorted(p.name for p in on_ray.glob("*-s*.json") if "diverges" not in p.name) == \
+        sorted(p.name for p in serial.glob("*-s*.json"))
     for path in serial.glob("*-s*.json"):
         assert record(on_ray / path.name) == record(path), path.name
-    assert experiments.missing(on_ray) == [p for p in experiments.planned(on_ray) if "diverges" in p[0].name]
+    assert experiments.missing(on_ray) == []

@@ -76,6 +76,10 @@ def test_why_bn_leads_is_decided_by_the_measurements(ghost_acc, supports, words)
                                                               "accuracy BN 85.40 %, GN 84.00 %, LN 84.10 %")
     assert why["share"]["gn"] == pytest.approx(1.0) and why["frozen"]["verdict"] == "loss"
     assert "-10.00 points" in why["frozen_text"]
+    blown = report.why_bn_leads(fit(), runs, [dict(norm="bn", seed=0, variant=report.FROZEN, diverged="the loss became "
+                                              "non-finite in epoch 4 of 10 (train nan)")])
+    assert blown["frozen_text"].endswith("its loss became non-finite in epoch 4 of 10 (seed 0)")
+    assert "training diverge" in report.why_text(blown)
     level_fit = report.why_bn_leads(fit(bn_loss=0.514), runs)              # GN within 0.001: noise (bar 0.0046)
     assert not level_fit["fits_better"] and level_fit["supports"] in ("noise", "neither")
     assert "Verdict" in report.why_text(why) and report.why_takeaway(why)
