@@ -107,8 +107,8 @@ def findings() -> list[dict]:
         worst, r = batch["worst"], runs_b[0]
         out.append(dict(title="Small batches", value=worst["bn"]["change_change"], text=(
             f"in the batch-size sweep (the reported recipe on {r['n_train']:,} images for {r['epochs']} epochs, "
-            f"{batch['seeds']} seeds, paired), the largest loss from batch 128 is " + ", ".join(
-                f"{n.upper()} {worst[n]['change_change']:+.2f} points (batch {worst[n]['batch']})" for n in lib.NORMS)
+            f"paired by seed), going from batch 128 to batch {batch['done'][0]} changes test accuracy by " + ", ".join(
+                f"{n.upper()} {worst[n]['change_change']:+.2f}" for n in lib.NORMS) + " points"
             + "; " + (f"BN falls behind the better of GN and LN at batch {', '.join(map(str, batch['behind']))}."
                       if batch["behind"] else "BN is never behind the better of GN and LN beyond the seed noise."))))
     rob = lib.read_jsons(lib.ROOT / "runs" / "robustness")
@@ -427,17 +427,20 @@ def bn_lead(runs: list[dict], variant: str) -> dict:
 
 
 def batch_summary(runs: list[dict]) -> dict:
-    """What the batch sweep says, chosen from the numbers: each norm's largest loss from batch 128; BN's
+    """What the batch sweep says, chosen from the numbers: each norm at the smallest batch size (`worst`, with
+    its paired change from batch 128) and at its best one; BN's
     lead over the better of GN and LN at each batch size; the smallest batch from which BN is never behind
     beyond noise, and the batch sizes at which it is."""
     rows = batch_rows(runs)
     done = [b for b in BATCHES if all(r["n"] for r in rows if r["batch"] == b)]
-    worst = {n: min((r for r in rows if r["norm"] == n and r["batch"] in done), key=lambda r: r["change_change"])
-             for n in lib.NORMS} if done else {}
+    # each norm at the smallest batch size, and at its best one
+    worst = {n: next(r for r in rows if (r["norm"], r["batch"]) == (n, done[0])) for n in lib.NORMS} if done else {}
+    best = {n: max((r for r in rows if r["norm"] == n and r["batch"] in done), key=lambda r: r["mean"])
+            for n in lib.NORMS} if done else {}
     lead = {b: bn_lead(runs, f"batch {b}") for b in done}
     behind = [b for b in done if lead[b]["verdict"] == "loss"]
     fine = [b for b in done if all(lead[c]["verdict"] != "loss" for c in done if c >= b)]
-    return dict(rows=rows, done=done, worst=worst, lead=lead, behind=behind, bn_fine_from=min(fine, default=None),
+    return dict(rows=rows, done=done, worst=worst, best=best, lead=lead, behind=behind, bn_fine_from=min(fine, default=None),
                 sigma=noise(runs), seeds=min((r["n"] for r in rows if r["batch"] in done), default=0))
 
 
@@ -445,10 +448,10 @@ def step_control(runs: list[dict]) -> dict:
     """The control for step count: per norm, batch 128 for twice the epochs (as many steps as batch 64)
     against batch 64, and against batch 128; and whether the norms' order at batch 128 survives the
     longer budget."""
-    out = {n: dict(vs_64=paired(runs, n, "batch 128, 20 epochs", "batch 64"),
-                   vs_128=paired(runs, n, "batch 128, 20 epochs", "batch 128")) for n in lib.NORMS}
+    out = {n: dict(vs_64=paired(runs, n, "batch 128 for 20 epochs", "batch 64"),
+                   vs_128=paired(runs, n, "batch 128 for 20 epochs", "batch 128")) for n in lib.NORMS}
     order = lambda v: sorted(lib.NORMS, key=lambda n: -point(runs, n, v)["mean"])
-    return dict(per_norm=out, order_10=order("batch 128"), order_20=order("batch 128, 20 epochs"))
+    return dict(per_norm=out, order_10=order("batch 128"), order_20=order("batch 128 for 20 epochs"))
 
 
 def ghost_rows(runs: list[dict]) -> list[dict]:
@@ -456,7 +459,7 @@ def ghost_rows(runs: list[dict]) -> list[dict]:
     batch 128 (same steps and learning rate), and a real batch of n (its own steps and learning rate)."""
     rows = []
     for n in sorted(set(GHOSTS) | {128}):
-        ghost = "batch 128" if n == 128 else f"batch 128, BN statistics of {n}"
+        ghost = "batch 128" if n == 128 else f"batch 128 with BN statistics of {n}"
         rows.append(dict(images=n, ghost=point(runs, "bn", ghost), ghost_change=paired(runs, "bn", ghost, "batch 128"),
                          batch=point(runs, "bn", f"batch {n}"),
                          batch_change=paired(runs, "bn", f"batch {n}", "batch 128")))
@@ -480,7 +483,7 @@ def fit_rows() -> list[dict]:
     return out
 
 
-FROZEN = "batch 128, BN statistics frozen after warm-up"
+FROZEN = "batch 128 with BN statistics frozen after warm-up"
 
 
 def why_bn_leads(fit: list[dict], runs: list[dict], diverged: list[dict] = ()) -> dict:
@@ -497,7 +500,7 @@ def why_bn_leads(fit: list[dict], runs: list[dict], diverged: list[dict] = ()) -
     fits_better = all(f[n]["train_loss"] - f["bn"]["train_loss"] > loss_bar for n in ("gn", "ln"))
     share = {n: (f["bn"]["train_acc"] - f[n]["train_acc"]) / (f["bn"]["test_acc"] - f[n]["test_acc"])
              if f["bn"]["test_acc"] != f[n]["test_acc"] else float("nan") for n in ("gn", "ln")}
-    ghosts = {g: paired(runs, "bn", f"batch 128, BN statistics of {g}", "batch 128") for g in GHOSTS}
+    ghosts = {g: paired(runs, "bn", f"batch 128 with BN statistics of {g}", "batch 128") for g in GHOSTS}
     frozen = paired(runs, "bn", FROZEN, "batch 128")
     frozen_diverged = sorted((r for r in diverged if (r["norm"], r["variant"]) == ("bn", FROZEN)), key=lambda r: r["seed"])
     gains = [g for g, p in ghosts.items() if p["verdict"] == "gain"]
@@ -671,10 +674,17 @@ def limits(rows: list[dict], runs: list[dict]) -> str:
 def sweep_budget(runs: list[dict]) -> str:
     """The sweeps' budget, data, device and precision, from the runs' own records."""
     r = runs[0]
-    seeds = sorted({x["seed"] for x in runs})
+    points = {}
+    for x in runs:
+        points.setdefault((x["norm"], x["variant"]), set()).add(x["seed"])
+    seeds = sorted(set().union(*points.values()))
+    fewer = sorted({v for (n, v), got in points.items() if len(got) < len(seeds)})
+    seeds_text = (f"seed{'s' if len(seeds) > 1 else ''} {and_join(seeds)} at every point" if not fewer else
+                  f"seeds {and_join(seeds)} at {sum(len(got) == len(seeds) for got in points.values())} of its "
+                  f"{len(points)} points, one seed at the others ({and_join(fewer)})")
     return (f"**Budget of every point:** the reported recipe on the first {r['n_train']:,} training images "
             f"({r['n_train'] // 10:,} per class) for {r['epochs']} epochs, evaluated on all {r['n_test']:,} test images "
-            f"at the final epoch; seeds {', '.join(map(str, seeds))} at every point, compared seed by seed. "
+            f"at the final epoch; {seeds_text}, compared seed by seed. "
             f"**Learning rate:** peak {r['recipe']['peak_lr']:g} × *B* / {r['recipe']['lr_batch']}, so batch 128 "
             f"takes {r['epochs'] * math.ceil(r['n_train'] / 128):,} steps and batch 2 "
             f"{r['epochs'] * math.ceil(r['n_train'] / 2):,}. "
@@ -697,8 +707,10 @@ def batch_text(batch: dict, control: dict) -> str:
     order = lambda o: " > ".join(n.upper() for n in o)
     same = control["order_10"] == control["order_20"]
     lines = [
-        "Largest loss from each norm's own batch-128 accuracy: " + ", ".join(
-            f"**{n.upper()} {worst[n]['change_change']:+.2f}** points (batch {worst[n]['batch']})" for n in lib.NORMS) + ".",
+        f"From batch 128 down to batch {batch['done'][0]}, accuracy changes by " + ", ".join(
+            f"**{n.upper()} {worst[n]['change_change']:+.2f}**" for n in lib.NORMS) + " points (paired by seed). "
+        "Each norm's best batch size: " + ", ".join(f"{n.upper()} {batch['best'][n]['batch']} ({batch['best'][n]['mean']:.2f} %)"
+                                                     for n in lib.NORMS) + ".",
         f"BN minus the better of GN and LN: {lead[batch['done'][-1]]['change']:+.2f} points at batch {batch['done'][-1]}, "
         f"{lead[batch['done'][0]]['change']:+.2f} at batch {batch['done'][0]}; "
         + (f"BN is behind beyond the noise at batch {and_join(batch['behind'])}." if batch["behind"] else
@@ -750,9 +762,10 @@ def claims_text(batch: dict, groups: list[dict], summary: dict, rows: list[dict]
     ln_lowest = [b for b in done if acc["ln", b] < min(acc["bn", b], acc["gn", b])]
     return "\n".join(f"- {c}" for c in [
         "**BN degrades as the batch shrinks, GN does not** (Wu & He 2018, on ImageNet). "
-        + (f"BN loses the most here too ({worst['bn']['change_change']:+.2f} points at batch {worst['bn']['batch']}), "
-           if most == "bn" else f"Not here: {most.upper()} loses the most ({worst[most]['change_change']:+.2f} points), ")
-        + f"GN {worst['gn']['change_change']:+.2f} and LN {worst['ln']['change_change']:+.2f} at their worst; at batch {small} "
+        + (f"BN loses the most here too: from batch 128 to batch {small} it changes by {worst['bn']['change_change']:+.2f} "
+           f"points, " if most == "bn" else f"Not here: {most.upper()} loses the most ({worst[most]['change_change']:+.2f} "
+           f"points from batch 128 to batch {small}), ")
+        + f"GN by {worst['gn']['change_change']:+.2f} and LN by {worst['ln']['change_change']:+.2f}; at batch {small} "
         + (f"{short_name(lead['other'])} leads BN by {-lead['change']:.2f} points, as in the paper." if lead["verdict"] == "loss" else
            f"BN still leads by {lead['change']:.2f} points, unlike in the paper." if lead["verdict"] == "gain" else
            f"BN and {short_name(lead['other'])} are level within the seed noise ({lead['change']:+.2f} points)."),
@@ -829,8 +842,8 @@ def experiments_takeaways(batch: dict, groups: dict) -> str:
     most = min(lib.NORMS, key=lambda n: worst[n]["change_change"])
     first = batch["bn_fine_from"]
     lines = [
-        f"As the batch shrinks, {short_name(most)} loses the most ({worst[most]['change_change']:+.1f} points at batch "
-        f"{worst[most]['batch']}); "
+        f"From batch 128 down to batch {worst[most]['batch']}, {short_name(most)} changes the most: " + ", ".join(
+            f"{short_name(n)} {worst[n]['change_change']:+.1f}" for n in lib.NORMS) + " points. "
         + ("BatchNorm's statistics come from the batch, and a few images give noisy ones." if most == "bn" else
            "GroupNorm's and LayerNorm's statistics come from each image, yet the smaller steps cost them more here."),
         (f"BatchNorm stays the best choice down to batch {first}" + (f"; below it, {short_name(batch['lead'][max(batch['behind'])]['other'])} is ahead."

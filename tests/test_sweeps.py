@@ -48,8 +48,8 @@ def test_the_batch_summary_finds_where_bn_falls_behind():
 
 def test_the_step_control_and_the_ghost_rows_pair_by_seed():
     runs = batch_runs({"bn": level(70.0), "gn": level(68.0), "ln": level(67.0)})
-    runs += [run(n, "batch 128, 20 epochs", s, a + 2 + s) for n, a in (("bn", 70.0), ("gn", 68.0), ("ln", 71.0)) for s in (0, 1)]
-    runs += [run("bn", "batch 128, BN statistics of 4", s, 65.0) for s in (0, 1)]
+    runs += [run(n, "batch 128 for 20 epochs", s, a + 2 + s) for n, a in (("bn", 70.0), ("gn", 68.0), ("ln", 71.0)) for s in (0, 1)]
+    runs += [run("bn", "batch 128 with BN statistics of 4", s, 65.0) for s in (0, 1)]
     c = report.step_control(runs)
     assert c["per_norm"]["bn"]["vs_128"]["change"] == pytest.approx(2.5) and c["order_10"] == ["bn", "gn", "ln"]
     assert c["order_20"] == ["ln", "bn", "gn"]
@@ -68,8 +68,8 @@ def fit(bn_loss=0.50, gn_loss=0.515, ln_loss=0.53):
     (70.1, "fit", "more noise changes little")])
 def test_why_bn_leads_is_decided_by_the_measurements(ghost_acc, supports, words):
     runs = batch_runs({"bn": level(70.0), "gn": level(68.0), "ln": level(67.0)})
-    runs += [run("bn", f"batch 128, BN statistics of {g}", s, ghost_acc + (s - 0.5) / 5) for g in report.GHOSTS for s in (0, 1)]
-    runs += [run("bn", "batch 128, BN statistics frozen after warm-up", s, 60.0) for s in (0, 1)]
+    runs += [run("bn", f"batch 128 with BN statistics of {g}", s, ghost_acc + (s - 0.5) / 5) for g in report.GHOSTS for s in (0, 1)]
+    runs += [run("bn", "batch 128 with BN statistics frozen after warm-up", s, 60.0) for s in (0, 1)]
     why = report.why_bn_leads(fit(), runs)
     assert why["supports"] == supports and why["noise_text"].startswith(words)
     assert why["fits_better"] and why["fit_text"].startswith("BN fits its clean training images better: training "
