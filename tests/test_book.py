@@ -121,8 +121,9 @@ def test_desktop_answer_first_images_and_links(site, tmp_path):
                 const list = which ? which.closest('p').nextElementSibling : null;
                 const img = main.querySelector('picture img');
                 const box = (e) => e ? e.getBoundingClientRect() : {bottom: 1e9, top: 1e9};
-                return [box(strong).bottom, box(list).bottom, box(img).top];""")
-            assert max(where[:2]) < 768, f"headline numbers and recommendations end at {where[:2]} px, beyond the first screen"
+                return [box(strong).bottom, box(list).bottom, box(img).top, window.innerHeight];""")
+            assert max(where[:2]) < where[3], f"headline numbers and recommendations end at {where[:2]} px, beyond " \
+                                              f"the first screen ({where[3]} px)"
             assert where[1] <= where[2] < 1e9, f"the key figure ({where[2]} px) does not follow the recommendations"
         if page == "results":
             assert len(images) >= 8, f"results page shows only {len(images)} images"

@@ -104,10 +104,11 @@ def test_the_recommendations_follow_the_numbers():
     speed = [dict(norm=n, lib_images_per_s=v, device="CPU", lib_setting="bf16, x") for n, v in (("bn", 2400.0), ("gn", 1900.0), ("ln", 2800.0))]
     groups = dict(best=dict(groups="8", mean=65.0), near=["4", "8"], worst=dict(groups="C/1", mean=55.0))
     rec = {r["topic"]: r for r in report.recommendations(rows, batch, groups, rob, speed)}
-    assert rec["Batch size"]["short"] == ("**BatchNorm** for batches of 4 or more images: the most accurate "
-                                          "(+1.3 points at batch 128); below that, **GroupNorm**.")
+    assert rec["Batch size"]["short"] == ("**BatchNorm** when each step sees 4 or more images: the most accurate "
+                                          "(+1.3 points at batch 128); with fewer, **GroupNorm**.")
     assert rec["Shifted inputs, one image at a time"]["short"].startswith("**GroupNorm or LayerNorm**")
-    assert "G = 4 or 8" in rec["How many groups"]["short"] and "GroupNorm trains 32 % slower than LayerNorm" in rec["Cost"]["short"]
+    assert "any of G = 4, 8 (within noise); not one channel per group" in rec["How many groups"]["short"]
+    assert "GroupNorm trains 32 % slower than LayerNorm" in rec["Cost"]["short"]
     rob["bn"]["corrupted"] = 75.0
     rows[0]["test_mean"] = 80.0
     rec = {r["topic"]: r for r in report.recommendations(rows, batch, groups, rob, speed)}
