@@ -639,9 +639,8 @@ def recommendations(rows: list[dict], batch: dict, groups: dict, rob: dict, spee
             f"statistics changes {r['bn']['changed_2']:.0f} % of its predictions in batches of 2. If you keep BatchNorm, "
             f"recompute its statistics on the new images (AdaBN): that alone takes it to {r['bn']['adabn']:.1f} %.")
     short = ((f"**GroupNorm or LayerNorm** for shifted inputs or predictions that must not depend on the batch "
-              f"({r['gn']['corrupted']:.0f} and {r['ln']['corrupted']:.0f} % under corruptions, BatchNorm "
-              f"{r['bn']['corrupted']:.0f} %, or {r['bn']['adabn']:.0f} % with statistics recomputed on a batch of "
-              f"shifted images).") if gnln_better else
+              f"({r['gn']['corrupted']:.0f} and {r['ln']['corrupted']:.0f} % under corruptions; BatchNorm "
+              f"{r['bn']['corrupted']:.0f} %, {r['bn']['adabn']:.0f} % with recomputed statistics).") if gnln_better else
              "Under shifted inputs **none** of the three clearly ahead.")
     out.append(dict(topic="Shifted inputs, one image at a time", short=short, text=text,
                     link=("why", "shifted-inputs")))
