@@ -159,6 +159,21 @@ def diverged_record(plan: dict, norm: str, name: str, seed: int, error: Exceptio
                 precision=plan.get("precision", "auto"), diverged=str(error))
 
 
+def land(folder: Path, plan: dict, path: Path, norm: str, name: str, seed: int, m: dict | None = None,
+         error: Exception | None = None) -> int:
+    """What one run gave, written or said: its record; a diverged run's record (a result too, not trained
+    again); or a one-line failure, after which the other runs go on. Returns 1 if a finished run was written."""
+    if isinstance(error, lib.TrainingDiverged):
+        lib.write_json(diverged_record(plan, norm, name, seed, error), path)
+        print(f"{folder.name}: {path.name} diverged: {error}", flush=True)
+    elif error is not None:
+        print(f"{folder.name}: {path.name} failed: {type(error).__name__}: {str(error).splitlines()[0]}", flush=True)
+    else:
+        lib.write_json(m, path)
+        print(f"{folder.name}: {path.name}: {m['final_test_acc']:.2f} % in {m['seconds'] / 60:.1f} min", flush=True)
+    return int(error is None)
+
+
 def run_plan(folder: str | Path, data: lib.Cifar10 | None = None, data_dir: str | Path = "data",
              device: str | None = None, seeds: list[int] | None = None) -> int:
     """Train the runs of a plan that its folder lacks (only those of `seeds`, if given), one after another;
@@ -173,17 +188,9 @@ def run_plan(folder: str | Path, data: lib.Cifar10 | None = None, data_dir: str 
     written = 0
     for path, norm, name, seed in todo:
         try:
-            m = train_run(folder, plan, norm, name, seed, data, device)
-        except lib.TrainingDiverged as e:               # a result too: recorded, and not trained again
-            lib.write_json(diverged_record(plan, norm, name, seed, e), path)
-            print(f"{folder.name}: {path.name} diverged: {e}", flush=True)
-            continue
-        except lib.NormbookError as e:                  # reported; the other runs go on
-            print(f"{folder.name}: {path.name} failed: {e}", flush=True)
-            continue
-        lib.write_json(m, path)
-        written += 1
-        print(f"{folder.name}: {path.name}: {m['final_test_acc']:.2f} % in {m['seconds'] / 60:.1f} min", flush=True)
+            written += land(folder, plan, path, norm, name, seed, train_run(folder, plan, norm, name, seed, data, device))
+        except (lib.TrainingDiverged, lib.NormbookError) as e:
+            land(folder, plan, path, norm, name, seed, error=e)
     return written
 
 
@@ -234,18 +241,9 @@ def _run_tasks(folder: Path, plan: dict, todo: list, data: lib.Cifar10, cpus_per
         (done,), _ = ray.wait(list(pending), num_returns=1)
         path, norm, name, seed = pending.pop(done)
         try:
-            m = ray.get(done)
+            written += land(folder, plan, path, norm, name, seed, ray.get(done))
         except ray.exceptions.RayTaskError as e:
-            cause = getattr(e, "cause", None) or e
-            if isinstance(cause, lib.TrainingDiverged):
-                lib.write_json(diverged_record(plan, norm, name, seed, cause), path)
-                print(f"{folder.name}: {path.name} diverged: {cause}", flush=True)
-            else:
-                print(f"{folder.name}: {path.name} failed: {type(cause).__name__}: {str(cause).splitlines()[0]}", flush=True)
-            continue
-        lib.write_json(m, path)
-        written += 1
-        print(f"{folder.name}: {path.name}: {m['final_test_acc']:.2f} % in {m['seconds'] / 60:.1f} min", flush=True)
+            land(folder, plan, path, norm, name, seed, error=getattr(e, "cause", None) or e)
     return written
 
 
