@@ -68,6 +68,114 @@ def mean_std_text(row: dict) -> str:
     return f"{row['test_mean']:.2f} ± {row['test_std']:.2f}" if row["seeds"] > 1 else f"{row['test_acc']:.2f}"
 
 
+def level(a: dict, b: dict, spread: float) -> bool:
+    """Two summary rows are level when their mean test accuracies differ by less than twice the spread."""
+    return abs(a["test_mean"] - b["test_mean"]) < 2 * spread
+
+
+def most_confused(cm: torch.Tensor) -> tuple[int, int, int]:
+    """(class a, class b, images): the pair of classes most often taken for each other, both ways."""
+    pairs = (cm + cm.T).triu(1)
+    a, b = divmod(int(pairs.argmax()), len(lib.CLASSES))
+    return a, b, int(pairs.max())
+
+
+# =============================================================================================
+# The results chapter: the three seed-0 models side by side
+# =============================================================================================
+
+def measured_on(runs: dict[str, dict]) -> str:
+    return (f"Measured on: **{'; '.join(sorted({m['data'] for m in runs.values()}))}**, on "
+            f"{'; '.join(sorted({m['device'] for m in runs.values()}))}. The offline copy is "
+            "JPEG-compressed, so its accuracies can sit slightly below those on the official files.")
+
+
+def accuracy_table(rows: list[dict]):
+    """Final accuracies per norm: mean ± std over seeds, and the seed-0 run's test, train and flip-TTA accuracy."""
+    import pandas as pd
+    return pd.DataFrame([{
+        "model": r["model"], f"test acc. (%), mean ± std of {r['seeds']} seeds": mean_std_text(r),
+        "test acc. (%), seed 0": r["test_acc"], "train acc. (%), seed 0": r["train_acc"],
+        "flip TTA (%), seed 0": r["test_acc_tta"], "parameters": f"{r['params']:,}"} for r in rows]).set_index("model")
+
+
+def results_numbers(rows: list[dict], cms: dict[str, torch.Tensor]) -> dict:
+    """What the results page's prose quotes: each norm's mean ± std, whether GN and LN are level, and the
+    most confused pair(s) of classes."""
+    main = {r["norm"]: r for r in rows}
+    pairs = {most_confused(cm)[:2] for cm in cms.values()}
+    return {**{f"{r['norm']}_mean": mean_std_text(r) for r in rows},
+            "gn_ln": "GN and LN are level within twice the seed-to-seed spread" if level(main["gn"], main["ln"], seed_spread(rows))
+            else "GN and LN differ by more than twice the seed-to-seed spread",
+            "top_pair": " and ".join(sorted(f"{lib.CLASSES[a]} ↔ {lib.CLASSES[b]}" for a, b in pairs))}
+
+
+def misclassified_figure(norm: str, test_x: torch.Tensor, prediction: dict):
+    """The 5x2 grid of one model's ten most confident mistakes over the whole test set."""
+    return plot_misclassified(test_x, lib.misclassified(prediction["probs"], prediction["labels"]),
+                              title=f"{lib.NORM_NAMES[norm]}: its 10 most confident mistakes")
+
+
+def agreement(predictions: dict[str, dict]) -> dict:
+    """Which test images all three models get right or wrong, and those only one gets right: the numbers
+    and the sentence the page prints."""
+    labels = predictions["bn"]["labels"]
+    if not all(torch.equal(p["labels"], labels) for p in predictions.values()):
+        raise lib.NormbookError("the runs' predictions are over different test images")
+    right = torch.stack([predictions[n]["probs"].argmax(1) for n in lib.NORMS]) == labels
+    only = {n: int((right[i] & ~right[[j for j in range(len(lib.NORMS)) if j != i]].any(0)).sum())
+            for i, n in enumerate(lib.NORMS)}
+    all_right, all_wrong = int(right.all(0).sum()), int((~right).all(0).sum())
+    text = (f"All three are right on {all_right:,} of the {len(labels):,} test images and all three wrong on "
+            f"{all_wrong:,}. On the rest they disagree; images that **only one** norm gets right: "
+            + ", ".join(f"{n.upper()} {only[n]}" for n in lib.NORMS) + ".")
+    return dict(text=text, numbers=dict(all_right=f"{all_right:,}", all_wrong=f"{all_wrong:,}"))
+
+
+def plot_disagreements(test_x: torch.Tensor, predictions: dict[str, dict], k: int = 10):
+    """The k test images on which the three make three different predictions, most confident first."""
+    import matplotlib.pyplot as plt
+    labels = predictions["bn"]["labels"]
+    preds = torch.stack([predictions[n]["probs"].argmax(1) for n in lib.NORMS])
+    differ = ((preds[0] != preds[1]) & (preds[1] != preds[2]) & (preds[0] != preds[2])).nonzero().flatten()
+    confidence = torch.stack([predictions[n]["probs"].max(1).values for n in lib.NORMS]).min(0).values
+    chosen = differ[confidence[differ].argsort(descending=True)][:k]
+    fig, axes = plt.subplots(2, 5, figsize=(10, 6))
+    for ax, i in zip(axes.flat, chosen.tolist()):
+        ax.imshow(test_x[i].permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(f"true: {lib.CLASSES[labels[i]]}\n" + "\n".join(
+            f"{n.upper()}: {lib.CLASSES[preds[j, i]]}" for j, n in enumerate(lib.NORMS)), fontsize=10)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle("Test images on which BN, GN and LN make three different predictions", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(norm: str, cm: torch.Tensor):
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    plot_confusion(cm, title=f"{lib.NORM_NAMES[norm]} (seed 0)", ax=ax)
+    return fig
+
+
+def per_class_table(cms: dict[str, torch.Tensor]):
+    """Per-class test accuracy (%), one row per class, one column per norm."""
+    import pandas as pd
+    return pd.DataFrame({n.upper(): per_class_accuracy(cm) for n, cm in cms.items()}, index=lib.CLASSES)
+
+
+def plot_per_class(per_class):
+    ax = per_class.plot.bar(figsize=(10, 4.2), color=[COLORS[c.lower()] for c in per_class.columns], width=0.8)
+    ax.set(ylabel="test accuracy (%)", ylim=(max(0, per_class.values.min() - 10), 100), title="Per-class test accuracy")
+    ax.legend(loc="lower center", ncol=3, bbox_to_anchor=(0.5, 1.08), frameon=False)
+    return ax.figure
+
+
+def findings_list(findings: list[dict]) -> str:
+    return "\n".join(f"{i}. **{f['title']}**: {f['text']}" for i, f in enumerate(findings, 1))
+
+
 # =============================================================================================
 # Findings
 # =============================================================================================
@@ -89,17 +197,16 @@ def findings() -> list[dict]:
                 + " (final test accuracy, " + (f"mean ± std over {seeds} seeds): " if seeds > 1 else "seed 0): ")
                 + f"{best.upper()} leads {worst.upper()} by {gap:.2f} points; {lowest[0].upper()} and "
                 f"{lowest[1].upper()} differ by {diff:.2f}" + ("." if math.isnan(spread) else
-                f", {'below' if diff < 2 * spread else 'above'} twice the largest seed-to-seed std ({2 * spread:.2f})."))]
+                f", {'below' if level(rows[lowest[0]], rows[lowest[1]], spread) else 'above'} twice the largest seed-to-seed std ({2 * spread:.2f})."))]
     lead = {e: runs["bn"]["history"][e]["test_acc"] - max(runs[n]["history"][e]["test_acc"] for n in ("gn", "ln"))
             for e in (0, -1)}
     out.append(dict(title="Early epochs", value=lead[0], text=f"after one epoch BN's test accuracy is {lead[0]:+.1f} points "
                     f"from the better of GN and LN, after the last {lead[-1]:+.1f} (seed 0)."))
-    pairs = {n: (cm + cm.T).triu(1) for n, cm in cms.items()}       # confusions between two classes, both ways
-    top = {n: divmod(int(p.argmax()), len(lib.CLASSES)) for n, p in pairs.items()}
-    names = {n: f"{lib.CLASSES[a]} ↔ {lib.CLASSES[b]}" for n, (a, b) in top.items()}
-    out.append(dict(title="Most confused pair", value=min(int(pairs[n].max()) for n in cms), text=(
+    top = {n: most_confused(cm) for n, cm in cms.items()}
+    names = {n: f"{lib.CLASSES[a]} ↔ {lib.CLASSES[b]}" for n, (a, b, _) in top.items()}
+    out.append(dict(title="Most confused pair", value=min(t[2] for t in top.values()), text=(
         f"for every norm, {names['bn']}: " if len(set(names.values())) == 1 else "per norm: ")
-        + ", ".join(f"{n.upper()} {'' if len(set(names.values())) == 1 else names[n] + ' '}{int(pairs[n].max())}"
+        + ", ".join(f"{n.upper()} {'' if len(set(names.values())) == 1 else names[n] + ' '}{top[n][2]}"
                     for n in cms) + " test images go from one of the two to the other (seed 0)."))
     runs_b = sweep(BATCH_SWEEP)
     batch = batch_summary(runs_b)
@@ -349,6 +456,270 @@ def table(df, formats: dict | None = None, precision: int = 2):
     text = [f"td.col{j}, th.col{j}" for j, c in enumerate(df.columns) if not pd.api.types.is_numeric_dtype(df.iloc[:, j])]
     return (df.style.format(fmt, na_rep="—").hide(axis="index", names=True).set_table_attributes('class="dataframe"')
             .set_table_styles([dict(selector=", ".join(text), props="text-align: left")] if text else []))
+
+
+# =============================================================================================
+# Why they differ: shifted inputs, batch companions, training dynamics, Weight Standardization
+# =============================================================================================
+# runs/robustness/ holds one record per saved model (robustness.py); the seed-0 runs carry a trace of
+# their layers (lib.Tracer). Each function returns what one section of the why chapter prints.
+
+SHORT = {"bn": "BN", "gn": "GN", "ln": "LN"}          # narrow column headers: a phone shows all three
+
+
+def glue_all(numbers: dict) -> None:
+    """Glue every value of `numbers` (name -> text) for the page's prose, without displaying it."""
+    from myst_nb import glue
+    for name, value in numbers.items():
+        glue(name, value, display=False)
+
+
+def robustness_runs() -> list[dict]:
+    """Every record in runs/robustness/, by norm and seed; refuses an empty folder."""
+    rob = sorted(lib.read_jsons(lib.ROOT / "runs" / "robustness"), key=lambda r: (r["norm"], r["seed"]))
+    if not rob:
+        raise lib.NormbookError("no results in runs/robustness/: run `make robustness` first")
+    return rob
+
+
+def robustness_source(rob: list[dict]) -> str:
+    counts = ", ".join(f"{short_name(n)} {sum(r['norm'] == n for r in rob)} seeds" for n in lib.NORMS)
+    return (f"The measurements of section 1 are computed from `runs/robustness/` (one file per saved model: {counts}), "
+            f"on the test set (data: {rob[0]['data']}), in each run's own precision "
+            f"({', '.join(sorted({r['precision'] for r in rob}))}). Bands and ranges span the seeds; lines are their mean.")
+
+
+def seed_stats(rob: list[dict], column: str) -> dict:
+    """'mean', 'min', 'max' over seeds of a column holding a dict per run: a DataFrame each (row: the dict's
+    key, column: norm)."""
+    import pandas as pd
+    frames = {n: pd.DataFrame([r[column] for r in rob if r["norm"] == n]) for n in lib.NORMS}
+    return {stat: pd.DataFrame({n: getattr(f, stat)() for n, f in frames.items()}) for stat in ("mean", "min", "max")}
+
+
+def _mean_over(rob: list[dict], norm: str, get) -> float:
+    return statistics.mean(get(r) for r in rob if r["norm"] == norm)
+
+
+def shifted_inputs(rob: list[dict]) -> dict:
+    """Section 1a: accuracy when the input is multiplied by a (contrast) or shifted (brightness): the figure,
+    the table by a with the largest logit change when the input doubles, and the numbers the prose quotes."""
+    import matplotlib.pyplot as plt
+    scale, bright = seed_stats(rob, "scale"), seed_stats(rob, "brightness")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for ax, stats in zip(axes, (scale, bright)):
+        x = [float(a) for a in stats["mean"].index]
+        for n in lib.NORMS:
+            ax.plot(x, stats["mean"][n], "o-", color=COLORS[n], label=short_name(n))
+            ax.fill_between(x, stats["min"][n], stats["max"][n], color=COLORS[n], alpha=0.2)
+    x = [float(a) for a in scale["mean"].index]
+    axes[0].set_xscale("log", base=2)
+    axes[0].set_xticks(x, [f"{a:g}" for a in x])
+    axes[0].set(xlabel="input multiplied by a", ylabel="test accuracy (%)", title="Contrast")
+    axes[0].legend(fontsize=9)
+    axes[1].set(xlabel="brightness added to the raw image ([0, 1] units)", ylabel="test accuracy (%)", title="Brightness")
+    fig.tight_layout()
+    invariance = {n: max(r["max_logit_change_scale_2"] for r in rob if r["norm"] == n) for n in lib.NORMS}
+    table = scale["mean"].T.rename(columns=lambda a: f"a = {float(a):g}")
+    table["largest logit change, a = 1 → 2"] = [invariance[n] for n in table.index]
+    table.index = [short_name(n) for n in table.index]
+    numbers = dict(bn_scale_4=f"{scale['mean'].loc['4.0', 'bn']:.1f}", bn_scale_025=f"{scale['mean'].loc['0.25', 'bn']:.1f}",
+                   gnln_logit=f"{max(invariance['gn'], invariance['ln']):.1e}", bn_logit=f"{invariance['bn']:.1f}")
+    return dict(figure=fig, table=table, numbers=numbers)
+
+
+def corruptions(rob: list[dict]) -> dict:
+    """Section 1b: accuracy under each corruption and severity (figure), per corruption averaged over the
+    severities (table, with the mean corruption accuracy and clean accuracy), and the numbers quoted."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import robustness
+    corr, names = seed_stats(rob, "corruptions")["mean"], list(robustness.CORRUPTIONS)
+    fig, axes = plt.subplots(2, 3, figsize=(7.6, 5.6), sharey=True)          # narrow: legible on a phone
+    for ax, name in zip(axes.flat, names):
+        for n in lib.NORMS:
+            ax.plot(robustness.SEVERITIES, [corr.loc[f"{name}/{s}", n] for s in robustness.SEVERITIES], "o-",
+                    color=COLORS[n], label=short_name(n))
+        ax.set(title=name, xlabel="severity", xticks=robustness.SEVERITIES)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test accuracy (%)")
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=len(lib.NORMS), frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    table = pd.DataFrame({short_name(n): [corr.loc[[f"{c}/{s}" for s in robustness.SEVERITIES], n].mean() for c in names]
+                          for n in lib.NORMS}, index=names)
+    table.loc["mean corruption accuracy"] = table.mean()
+    table.loc["clean"] = [_mean_over(rob, n, lambda r: r["clean_acc"]) for n in lib.NORMS]
+    numbers = dict(mca=", ".join(f"{k} {v:.2f} %" for k, v in table.loc["mean corruption accuracy"].items()),
+                   contrast_sev5=", ".join(f"{short_name(n)} {corr.loc['contrast/5', n]:.1f} %" for n in lib.NORMS))
+    return dict(figure=fig, table=table, numbers=numbers)
+
+
+def adabn(rob: list[dict]) -> dict:
+    """Section 1c: BN per corruption before and after recomputing its statistics on the shifted images
+    (AdaBN), beside the better of GN and LN; and the numbers quoted."""
+    import pandas as pd
+    import robustness
+    names = list(robustness.CORRUPTIONS)
+    mean_of = lambda n, column: pd.DataFrame([r[column] for r in rob if r["norm"] == n]).mean()
+    per_corruption = lambda series, c: series[[f"{c}/{s}" for s in robustness.SEVERITIES]].mean()
+    before, after = mean_of("bn", "corruptions"), mean_of("bn", "corruptions_recalibrated")
+    others = {n: mean_of(n, "corruptions") for n in ("gn", "ln")}
+    table = pd.DataFrame({"BN": [per_corruption(before, c) for c in names],
+                          "BN + AdaBN": [per_corruption(after, c) for c in names],
+                          "better of GN and LN": [max(per_corruption(others[n], c) for n in others) for c in names]},
+                         index=names)
+    clean = {n: _mean_over(rob, n, lambda r: r["clean_acc"]) for n in lib.NORMS}
+    losses = [clean[n] - per_corruption(others[n], c) for n in others for c in names]
+    lost, back = clean["bn"] - before.mean(), after.mean() - before.mean()
+    numbers = dict(adabn_wins=f"{int((table['BN + AdaBN'] > table['better of GN and LN']).sum())} of the {len(names)}",
+                   gnln_corr_loss=f"{min(losses):.1f} to {max(losses):.1f}", bn_lost=f"{lost:.2f}",
+                   bn_back=f"{back:+.2f}", bn_back_share=f"{100 * back / lost:.0f}", bn_after=f"{after.mean():.2f}")
+    return dict(table=table, numbers=numbers)
+
+
+def batch_companions(rob: list[dict]) -> dict:
+    """Section 1d: accuracy with batch statistics, and the share of predictions that change when only an
+    image's batch companions change, by evaluation batch size (tables: batch x norm); the numbers quoted."""
+    import pandas as pd
+    import robustness
+    def by_batch(key):
+        t = pd.DataFrame({SHORT[n]: [statistics.mean(r["batch"][str(b)][key] for r in rob if r["norm"] == n)
+                                     for b in robustness.BATCH_SIZES] for n in lib.NORMS}, index=robustness.BATCH_SIZES)
+        t.index.name = "batch size"
+        return t
+    acc, changed = by_batch("acc"), by_batch("changed")
+    one_class = {n: _mean_over(rob, n, lambda r: r["one_class_batches_acc"]) for n in lib.NORMS}
+    clean = {n: _mean_over(rob, n, lambda r: r["clean_acc"]) for n in lib.NORMS}
+    same = all(abs(one_class[n] - clean[n]) < 1e-9 for n in ("gn", "ln"))
+    most = changed[["GN", "LN"]].values.max()
+    numbers = dict(
+        bn_b1=f"{acc.loc[1, 'BN']:.2f}", bn_b128=f"{acc.loc[128, 'BN']:.2f}",
+        bn_changed_b2=f"{changed.loc[2, 'BN']:.1f}", bn_changed_b128=f"{changed.loc[128, 'BN']:.1f}",
+        gnln_changed="none" if most == 0 else f"at most {most:.2f} %", bn_one_class=f"{one_class['bn']:.2f}",
+        gnln_acc_spread=f"{max(acc[c].max() - acc[c].min() for c in ('GN', 'LN')):.2f}", bn_clean=f"{clean['bn']:.2f}",
+        gnln_one_class=("exactly their usual accuracy, " if same else "against their usual ") + ", ".join(
+            f"{short_name(n)} {one_class[n]:.2f} %" + ("" if same else f" (usually {clean[n]:.2f} %)") for n in ("gn", "ln")))
+    return dict(accuracy=acc, changed=changed, numbers=numbers)
+
+
+def traces(runs: dict[str, dict]) -> dict[str, dict]:
+    """norm -> the layer trace of its seed-0 run, with `epoch` (the trace's steps in epochs) added."""
+    if any("trace" not in m for m in runs.values()):
+        raise lib.NormbookError("the seed-0 runs have no trace: retrain them with `make runs`")
+    import numpy as np
+    return {n: dict(m["trace"], epoch=np.array(m["trace"]["step"]) / math.ceil(m["n_train"] / m["batch_size"]))
+            for n, m in runs.items()}
+
+
+def effective_lr(trace: dict, layer: str):
+    """lr / ‖w‖² of one scale-invariant conv weight at each trace point."""
+    import numpy as np
+    return np.array(trace["lr"]) / np.array(trace["layers"][layer]["weight_norm"]) ** 2
+
+
+def plot_trace(traced: dict[str, dict], key: str, ylabel: str, title: str, log: bool = False):
+    """One panel per norm, one line per norm layer (colour: depth) of a traced quantity over training; key
+    'effective_lr' plots effective_lr."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    layers = list(traced["bn"]["layers"])
+    fig, axes = plt.subplots(1, 3, figsize=(7.6, 3.4), sharey=True)        # narrow: legible on a phone
+    cmap = plt.get_cmap("viridis")
+    for ax, n in zip(axes, lib.NORMS):
+        t = traced[n]
+        for i, name in enumerate(layers):
+            y = effective_lr(t, name) if key == "effective_lr" else np.array(t["layers"][name][key])
+            ax.plot(t["epoch"], y, color=cmap(i / (len(layers) - 1)), label=name, lw=1.2)
+        ax.set(title=short_name(n), xlabel="epoch")
+        if log:
+            ax.set_yscale("log")
+    axes[0].set_ylabel(ylabel)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(layers), frameon=False,
+               handlelength=1.2, columnspacing=0.9, fontsize=10)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig
+
+
+def trace_text(traced: dict[str, dict]) -> str:
+    """Section 2's findings from the traces: weight growth, gradient shrinkage, peak effective LR, and the
+    scale of the norms' inputs at the end, as a Markdown list."""
+    import numpy as np
+    layers = list(traced["bn"]["layers"])
+    at = lambda n, key, i: np.mean([traced[n]["layers"][name][key][i] for name in layers])
+    w_ratio = {n: at(n, "weight_norm", -1) / at(n, "weight_norm", 0) for n in lib.NORMS}
+    g_ratio = {n: at(n, "grad_norm", -1) / at(n, "grad_norm", 0) for n in lib.NORMS}
+    peak = {n: np.mean([effective_lr(traced[n], name) for name in layers], axis=0).max() for n in lib.NORMS}
+    act_end = {n: (min(traced[n]["layers"][l]["act_std_mean"][-1] for l in layers),
+                   max(traced[n]["layers"][l]["act_std_mean"][-1] for l in layers)) for n in lib.NORMS}
+    each = lambda values, fmt: ", ".join(f"{short_name(n)} {values[n]:{fmt}}" for n in lib.NORMS)
+    return "\n".join(f"- {s}" for s in [
+        f"Over training the conv weights' norms change by a factor of {each(w_ratio, '.2f')} (mean over layers, last "
+        "trace point over first). A weight followed by a normalization is *scale-invariant*: multiplying it by a "
+        "constant changes nothing downstream, and its gradient is orthogonal to it, so every step lengthens it while "
+        "weight decay shortens it. A longer weight turns the same learning rate into a smaller rotation of its "
+        "direction: the effective learning rate is lr / ‖w‖² "
+        "([van Laarhoven, 2017](https://arxiv.org/abs/1706.05350); [Zhang et al., 2019](https://arxiv.org/abs/1810.12281)).",
+        f"The gradient reaching the conv weights changes by a factor of {each(g_ratio, '.2g')} over training (mean over "
+        "layers, last trace point over first). For a scale-invariant weight the gradient is inversely proportional to "
+        "‖w‖, so the pull on each weight's direction is ‖gradient‖ × ‖w‖, and that changes by about "
+        f"{each({n: g_ratio[n] * w_ratio[n] for n in lib.NORMS}, '.2g')}: had the weights not grown, their gradients "
+        "would have grown by that much.",
+        f"The highest effective learning rate (mean over layers) is {each(peak, '.2g')}; all fall to zero with the "
+        "one-cycle schedule.",
+        "At the end of training the norm inputs' scale ranges, over the eight layers, from "
+        + "; ".join(f"{short_name(n)} {lo:.2g} to {hi:.2g}" for n, (lo, hi) in act_end.items())
+        + ". The norm removes this scale, so the network is free to let it drift; it is the *direction* of "
+        "each weight that the training moves."])
+
+
+def weight_std(folder: str = "runs/weight-std", noise_from: str = "runs/tune") -> dict:
+    """Section 3: Weight Standardization's paired change per norm on the validation split (table), the
+    paragraph that says where its runs are and what cleared the noise, and the takeaway."""
+    import experiments
+    import pandas as pd
+    runs = experiments.load_results(folder)
+    sigma, threshold = experiments.noise_threshold(noise_from)
+    changes = [r for r in runs if r.get("tuning") == "weight std" and r.get("delta") is not None]
+    rows, deltas = [], {}
+    for n in lib.NORMS:
+        mine = sorted((r for r in changes if r["norm"] == n), key=lambda r: r["seed"])
+        deltas[n] = [r["delta"] for r in mine]
+        bar = threshold / math.sqrt(max(len(mine), 1))
+        mean = statistics.mean(deltas[n]) if mine else float("nan")
+        rows.append({"norm": short_name(n),
+                     "change per seed " + "/".join(str(r["seed"]) for r in mine): ", ".join(f"{d:+.2f}" for d in deltas[n]) or "—",
+                     "mean change (points)": mean, "± threshold": bar,
+                     "verdict": "not run yet" if not mine else "clear gain" if mean > bar else
+                     "clear loss" if mean < -bar else "within noise"})
+    table = pd.DataFrame(rows).set_index("norm")
+    planned = len(experiments.planned(folder))
+    done = planned - len(experiments.missing(folder))
+    n_ws = sum(r.get("tuning") == "weight std" for r in runs)
+    text = ((f"The {planned} runs" if done == planned else f"{done} of the {planned} runs")
+            + f" ({n_ws} with Weight Standardization, {done - n_ws} without) are in `{folder}/`. "
+            "The threshold is two standard deviations of a mean of that many paired differences, from the "
+            f"validation noise of the tuning appendix. Data: {runs[0]['data']}; device: {runs[0]['device']}. ")
+    gains = list(table[table.verdict == "clear gain"].index)
+    if not changes:
+        text += "No Weight Standardization run has finished yet."
+    elif gains:
+        text += "It clears the noise as a gain for: " + ", ".join(gains) + "."
+    else:
+        text += ("It clears the noise as a gain for no norm." if done == planned else
+                 "So far it clears the noise as a gain for no norm (the runs still to come may change that).")
+    for n in lib.NORMS:
+        d = deltas[n]
+        if len(d) > 1 and table.verdict[short_name(n)] == "within noise" and (min(d) >= 0.1 or max(d) <= -0.1):
+            text += (f" {short_name(n)} {'gains' if statistics.mean(d) > 0 else 'loses'} at least 0.1 points in each of "
+                     f"its {len(d)} seeds ({min(d):+.2f} to {max(d):+.2f}), but its mean stays inside the threshold: "
+                     "a hint, not a result.")
+    counts = sorted({len(d) for d in deltas.values()})
+    takeaway = (("its mean change is within the validation noise for every norm (" if set(table.verdict) == {"within noise"}
+                 else "its verdicts per norm: " + "; ".join(f"{n} {v}" for n, v in table.verdict.items()) + " (")
+                + ", ".join(f"{n} {r['mean change (points)']:+.2f}" for n, r in table.iterrows()) + " points, "
+                + (f"{counts[0]} seeds each)" if len(counts) == 1 else f"{counts[0]} to {counts[-1]} seeds)"))
+    return dict(table=table, text=text, numbers=dict(ws_takeaway=takeaway))
 
 
 # =============================================================================================
@@ -859,10 +1230,10 @@ def answer_text(rows: list[dict], why: dict | None) -> str:
     order = sorted(rows, key=lambda r: -r["test_mean"])
     best, second, third = order
     spread = seed_spread(rows)
-    level = abs(second["test_mean"] - third["test_mean"]) < 2 * spread
+    is_level = level(second, third, spread)
     text = (f"**With everything else held fixed, {best['model'].split(' ')[0]} is the most accurate, by "
             f"{best['test_mean'] - second['test_mean']:.1f} points**"
-            + (f", and {second['model'].split(' ')[0]} and {third['model'].split(' ')[0]} are level" if level else "")
+            + (f", and {second['model'].split(' ')[0]} and {third['model'].split(' ')[0]} are level" if is_level else "")
             + ": " + ", ".join(f"{r['model'].split(' ')[0]} **{mean_std_text(r)} %**" for r in rows)
             + f" (final test accuracy, mean ± std, {min(r['seeds'] for r in rows)} seeds).")
     if why and best["norm"] == "bn":
