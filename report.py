@@ -81,6 +81,70 @@ def most_confused(cm: torch.Tensor) -> tuple[int, int, int]:
 
 
 # =============================================================================================
+# The theory and network chapters
+# =============================================================================================
+
+NORM_AXES = {   # which entries of an N x C x (H, W) tensor share one mean and variance, drawn for the first sample/channel
+    "BatchNorm\n(per channel, over N, H, W)": (slice(None), slice(0, 1)),
+    "LayerNorm\n(per sample, over C, H, W)": (slice(0, 1), slice(None)),
+    "GroupNorm, here 4 groups\n(per sample and group)": (slice(0, 1), slice(0, 2)),
+    "InstanceNorm\n(per sample and channel)": (slice(0, 1), slice(0, 1)),
+}
+
+
+def plot_norm_axes(narrow: bool = False):
+    """Four cubes (x: batch N, y: channels C, z: the spatial positions H, W flattened), the entries that share
+    one set of statistics in blue: a row of four for a desktop column, two by two for a phone's."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    n, c, hw = 6, 8, 5
+    fig = plt.figure(figsize=(7.6, 7.4) if narrow else (13, 3.8))
+    for i, (title, (samples, channels)) in enumerate(NORM_AXES.items()):
+        ax = fig.add_subplot(2, 2, i + 1, projection="3d") if narrow else fig.add_subplot(1, 4, i + 1, projection="3d")
+        mask = np.zeros((n, c, hw), bool)
+        mask[samples, channels, :] = True
+        colors = np.where(mask[..., None], [0.12, 0.47, 0.71, 1.0], [0.93, 0.93, 0.93, 1.0])
+        ax.voxels(np.ones(mask.shape, bool), facecolors=colors, edgecolor=(0.35, 0.35, 0.35, 0.6), linewidth=0.4)
+        ax.set_xlabel("N (batch)", labelpad=-12)
+        ax.set_ylabel("C (channels)", labelpad=-12)
+        ax.set_zlabel("H, W", labelpad=-12)
+        ax.set_xticks([]), ax.set_yticks([]), ax.set_zticks([])
+        ax.set_title(title, fontsize=12 if narrow else 11)
+        ax.view_init(elev=22, azim=-58)
+        ax.set_box_aspect(mask.shape, zoom=0.9)
+    fig.tight_layout()
+    return fig
+
+
+def norm_input(norm: str, data, images: int = 64):
+    """What C2's norm layer receives in the trained seed-0 model of `norm` for the first test images, and
+    that layer: the input to the from-scratch normalizations of the theory chapter."""
+    model, m = lib.load_run(f"runs/{norm}-s0")
+    first, (conv, layer) = model.flat()[0], model.flat()[1][:2]           # C1; C2's conv and norm
+    x = lib.normalize(data.test_x[:images], torch.tensor(m["mean"]), torch.tensor(m["std"]))
+    with torch.no_grad():
+        return conv(first(x)), layer
+
+
+def norm_table():
+    """Per norm: what it normalizes over, its learnable and running parameters, how many statistics one
+    forward pass computes at batch 128 and 1, and whether training and evaluation agree."""
+    import pandas as pd
+    over = {"bn": "N, H, W (per channel)", "gn": "C/G, H, W (per sample, group)", "ln": "C, H, W (per sample)"}
+    rows = []
+    for norm in lib.NORMS:
+        model = lib.build_model(norm)
+        norms = [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm))]
+        rows.append({"norm": lib.NORM_NAMES[norm], "normalized over": over[norm],
+                     "learnable γ, β": sum(p.numel() for m in norms for p in m.parameters()),
+                     "running averages (buffers)": sum(b.numel() for name, b in model.named_buffers() if "running" in name),
+                     "statistics per forward, batch 128": lib.norm_statistics(model, 128),
+                     "statistics per forward, batch 1": lib.norm_statistics(model, 1),
+                     "same in train and eval": norm != "bn", "total parameters": lib.count_params(model)})
+    return pd.DataFrame(rows).set_index("norm")
+
+
+# =============================================================================================
 # The results chapter: the three seed-0 models side by side
 # =============================================================================================
 
@@ -448,10 +512,11 @@ def save_figure(fig, name: str) -> None:
 
 
 def table(df, formats: dict | None = None, precision: int = 2):
-    """A DataFrame as the book shows it: one format per column (floats to `precision` decimals unless
-    `formats` says otherwise), and the `dataframe` class that the book's stylesheet pads and scrolls."""
+    """A DataFrame as the book shows it: one format per column (floats to `precision` decimals and integers
+    with thousands separators unless `formats` says otherwise), and the `dataframe` class that the book's stylesheet pads and scrolls."""
     import pandas as pd
-    fmt = {c: f"{{:,.{precision}f}}" for c in df.columns if pd.api.types.is_float_dtype(df[c])}
+    fmt = {c: f"{{:,.{precision}f}}" if pd.api.types.is_float_dtype(df[c]) else "{:,}"
+           for c in df.columns if pd.api.types.is_float_dtype(df[c]) or pd.api.types.is_integer_dtype(df[c])}
     fmt.update(formats or {})
     text = [f"td.col{j}, th.col{j}" for j, c in enumerate(df.columns) if not pd.api.types.is_numeric_dtype(df.iloc[:, j])]
     return (df.style.format(fmt, na_rep="—").hide(axis="index", names=True).set_table_attributes('class="dataframe"')
