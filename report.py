@@ -144,6 +144,61 @@ def norm_table():
     return pd.DataFrame(rows).set_index("norm")
 
 
+def network_numbers(models: dict, runs: dict[str, dict]) -> dict:
+    """What the network chapter's prose quotes: each model's parameter count, the budget, and whether the
+    reported runs used the shortcuts and which activation."""
+    recipes = [lib.recorded_recipe(m) for m in runs.values()]
+    used = {r["shortcuts"] for r in recipes}
+    return {**{f"params_{norm}": f"{lib.count_params(m):,}" for norm, m in models.items()},
+            "budget": f"{lib.MAX_PARAMS:,}",
+            "shortcuts_used": "the shortcuts" if used == {True} else "no shortcuts" if used == {False} else
+            "the shortcuts in some runs",
+            "activation_used": " or ".join(sorted({lib.ACTIVATION_NAMES[r["activation"]] for r in recipes}))}
+
+
+def widths_table():
+    import pandas as pd
+    return pd.DataFrame({"output channels": lib.WIDTHS}).T
+
+
+def model_summaries(models: dict, batch_size: int = 128) -> dict[str, str]:
+    """torchinfo's summary of each model: layers, output shapes, parameters and multiply-adds."""
+    from torchinfo import summary
+    return {norm: str(summary(model, input_size=(batch_size, 3, 32, 32), depth=3, verbose=0,
+                              col_names=("output_size", "num_params", "mult_adds"), col_width=14))
+            for norm, model in models.items()}
+
+
+def describe_norm(layer) -> str:
+    """A norm layer in a few words: 'BatchNorm, 16 channels', 'GroupNorm, 8 groups of 2 channels'."""
+    if isinstance(layer, torch.nn.BatchNorm2d):
+        return f"{layer.num_features} channels, over the batch"
+    size = layer.num_channels // layer.num_groups
+    return f"{layer.num_groups} group{'s' if layer.num_groups > 1 else ''} of {size} channel{'s' if size > 1 else ''}"
+
+
+def norm_layers_table(models: dict, summaries: dict[str, str]):
+    """The norm layer after each 3x3 conv, per model; refuses summaries that differ elsewhere than in
+    the norm layers (the one difference between the three models)."""
+    import pandas as pd
+    for norm in models:
+        other = [a for a, b in zip(summaries["bn"].splitlines(), summaries[norm].splitlines()) if a != b]
+        if any("BatchNorm2d" not in line for line in other):
+            raise lib.NormbookError(f"the {norm} model differs from the bn model elsewhere than in its norm layers")
+    convs = [name for name in lib.LAYERS if name.startswith("C")]
+    layers = {lib.NORM_NAMES[n].split(" ")[0]: [describe_norm(m) for m in model.modules()
+                                                if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm))]
+              for n, model in models.items()}
+    return pd.DataFrame(layers, index=[f"after {c}" for c in convs])
+
+
+def receptive_field_table(model):
+    import pandas as pd
+    rf = pd.DataFrame(lib.receptive_field_table(model)).set_index("layer")
+    rf["channels"] = rf["channels"].map(lambda c: "–" if pd.isna(c) else f"{int(c)}")
+    return rf
+
+
 # =============================================================================================
 # The results chapter: the three seed-0 models side by side
 # =============================================================================================
@@ -785,6 +840,180 @@ def weight_std(folder: str = "runs/weight-std", noise_from: str = "runs/tune") -
                 + ", ".join(f"{n} {r['mean change (points)']:+.2f}" for n, r in table.iterrows()) + " points, "
                 + (f"{counts[0]} seeds each)" if len(counts) == 1 else f"{counts[0]} to {counts[-1]} seeds)"))
     return dict(table=table, text=text, numbers=dict(ws_takeaway=takeaway))
+
+
+# =============================================================================================
+# The performance appendix: bench/results.json (make bench) and bench/gpu_runs.json
+# =============================================================================================
+
+def bench_source(bench: dict) -> str:
+    p = bench["pipelines"][0]
+    return (f"Measured on **{p['device']}** ({p['threads']} threads, clock {p['clock_ghz']} GHz), PyTorch {p['torch']}, "
+            f"batch size {p['batch_size']}, {p['images_timed']:,} training images timed per pipeline and norm.")
+
+
+def options_table(bench: dict) -> dict:
+    """The bare step's speed-up per memory layout and precision and norm, with images/s; and the fastest
+    option per norm."""
+    import pandas as pd
+    opt = pd.DataFrame(bench["options"])
+    opt["option"] = opt["layout"] + " + " + opt["precision"]
+    speedup = opt.pivot(index="option", columns="norm", values="speedup")[list(lib.NORMS)].rename(columns=str.upper)
+    ips = opt.pivot(index="option", columns="norm", values="images_per_s")[list(lib.NORMS)]
+    ips.columns = [f"{c.upper()} img/s" for c in ips.columns]
+    best = opt.loc[opt.groupby("norm")["images_per_s"].idxmax()].set_index("norm")
+    text = "Fastest option per norm: " + "; ".join(
+        f"**{n.upper()}** {best.loc[n, 'option']} ({best.loc[n, 'speedup']:.2f}x)" for n in lib.NORMS) + "."
+    return dict(table=speedup.join(ips), formats={c: "{:.0f}" for c in ips.columns}, text=text)
+
+
+def group_norm_kernel(bench: dict) -> dict:
+    """GroupNorm's implementations and layouts against PyTorch's NCHW kernel."""
+    import pandas as pd
+    gn = pd.DataFrame(bench["group_norm"])
+    base = gn[(gn.implementation == "PyTorch GroupNorm") & (gn.layout == "NCHW")]["images_per_s"].iloc[0]
+    gn["vs PyTorch NCHW"] = gn["images_per_s"] / base
+    top = gn.loc[gn["images_per_s"].idxmax()]
+    text = (f"Fastest: **{top.implementation}, {top.layout}** ({top.images_per_s:.0f} img/s, "
+            f"{top['vs PyTorch NCHW']:.2f}x PyTorch's NCHW kernel, which the report uses).")
+    return dict(table=gn.set_index(["implementation", "layout"]), text=text,
+                formats={"images_per_s": "{:.0f}", "vs PyTorch NCHW": "{:.2f}x"})
+
+
+def activation_cost(bench: dict) -> dict:
+    """The bare step's images/s per activation and norm, and its speed relative to ReLU."""
+    import pandas as pd
+    act = pd.DataFrame(bench["activations"])
+    act["norm"] = act["norm"].str.upper()
+    order = [n.upper() for n in lib.NORMS]
+    ratio = act.pivot(index="activation", columns="norm", values="vs_relu")[order]
+    ratio.columns = [f"{c} vs ReLU" for c in ratio.columns]
+    ips = act.pivot(index="activation", columns="norm", values="images_per_s")[order]
+    ips.columns = [f"{c} img/s" for c in ips.columns]
+    chosen = act[act.activation == lib.RECIPE["activation"]]
+    text = (f"The bare step with the recipe's activation, {lib.ACTIVATION_NAMES[lib.RECIPE['activation']]}, relative "
+            "to the same step with ReLU: " + ", ".join(f"{r.norm} {r.vs_relu:.2f}x" for r in chosen.itertuples()) + ".")
+    return dict(table=ips.join(ratio), text=text,
+                formats={**{c: "{:.0f}" for c in ips.columns}, **{c: "{:.2f}x" for c in ratio.columns}})
+
+
+def compile_cost(bench: dict, runs: dict[str, dict]) -> dict:
+    """torch.compile's speed-up of the bare step and its compile time; and what a whole run would gain:
+    its training time (median over seeds: one run's time can include a stall) sped up by the step's
+    speed-up, against one compile (a lower bound: evaluation and the smaller last batch compile more)."""
+    import pandas as pd
+    comp = pd.DataFrame(bench["compiled"])
+    comp["norm"] = comp["norm"].str.upper()
+    train_s = {n.upper(): statistics.median(r["train_seconds"] for r in seed_runs(m)) for n, m in runs.items()}
+    saved = {r.norm: train_s[r.norm] * (1 - 1 / r.speedup) for r in comp.itertuples()}
+    net = [f"{r.norm} ({saved[r.norm] - r.compile_seconds:.0f} s a run)" for r in comp.itertuples()
+           if saved[r.norm] > r.compile_seconds]
+    text = ("For a whole 20-epoch run (its training time from `metrics.json`, median over seeds), the step's speed-up "
+            "would save (+) or cost (−) " + ", ".join(f"{r.norm} {saved[r.norm]:+.0f} s against {r.compile_seconds:.0f} s "
+                                                      "of compiling" for r in comp.itertuples())
+            + (": a net gain only for " + ", ".join(net) if net else ": no net gain for any norm")
+            + ", before the further compiles of evaluation and of the last, smaller batch. The report's training "
+            "does not compile.")
+    table = comp.set_index("norm").rename(columns={
+        "eager_images_per_s": "eager (img/s)", "compiled_images_per_s": "compiled (img/s)",
+        "speedup": "compiled vs eager", "compile_seconds": "compiling (s)"})
+    return dict(table=table, text=text, formats={"eager (img/s)": "{:.0f}", "compiled (img/s)": "{:.0f}",
+                                                 "compiled vs eager": "{:.2f}x", "compiling (s)": "{:.0f}"})
+
+
+def pipelines_table(bench: dict) -> dict:
+    """The whole input pipeline and step of lib.py against a tutorial-style DataLoader loop, per norm."""
+    import pandas as pd
+    pipe = pd.DataFrame(bench["pipelines"]).set_index("norm")[[
+        "lib_images_per_s", "seed_style_images_per_s", "ratio", "gflops", "peak_fp32_gflops", "fraction_of_fp32_peak",
+        "lib_setting"]]
+    pipe.index = [n.upper() for n in pipe.index]
+    pipe.columns = ["lib.py (img/s)", "tutorial-style (img/s)", "ratio", "GFLOP/s", "fp32 peak (GFLOP/s)",
+                    "fraction of peak", "lib.py setting"]
+    return dict(table=pipe, formats={"lib.py (img/s)": "{:.0f}", "tutorial-style (img/s)": "{:.0f}",
+                                     "fraction of peak": "{:.0%}"})
+
+
+def whole_runs(runs: dict[str, dict]) -> dict:
+    """The wall time of every full run of each norm, and the report's total (the sum of each norm's median)."""
+    import pandas as pd
+    seeds = {n: seed_runs(m) for n, m in runs.items()}
+    table = pd.DataFrame([{"model": lib.NORM_NAMES[n], **{f"seed {r['seed']} (min)": r["seconds"] / 60 for r in seeds[n]},
+                           "precision": m["precision"], "layout": m["memory_format"], "device": m["device"]}
+                          for n, m in runs.items()]).set_index("model")
+    total = sum(statistics.median(r["seconds"] for r in seeds[n]) for n in runs) / 60
+    text = (f"The three models take about **{total:.0f} minutes** together (the sum of each norm's median run), one "
+            "after the other on the same machine. These are wall-clock times: a run whose time stands out shared the "
+            "two cores with other work for part of it.")
+    return dict(table=table, text=text)
+
+
+def gpu_runs(gpu: dict, tune_runs: list[dict]) -> dict:
+    """bench/gpu_runs.json: the three models trained on a GPU eagerly and with CUDA graphs; where their recipe
+    differs from the reported one, say so and what the difference costs on the same GPU (paired runs of
+    `tune_runs` by norm and seed)."""
+    import pandas as pd
+    rows = [{"mode": mode, "model": lib.NORM_NAMES[r["norm"]], "wall time (s)": r["wall_seconds"],
+             "training (s)": r["train_seconds"], "training img/s": r["train_images_per_s"],
+             "final test accuracy (%)": r["final_test_acc"]}
+            for mode, res in gpu["modes"].items() for r in res["runs"]]
+    then = lib.recorded_recipe(gpu["modes"]["cuda graphs"]["runs"][0])
+    changed = {k: v for k, v in then.items() if lib.RECIPE.get(k) != v}
+    note = ""
+    if changed:
+        note = "These runs used a recipe that differs from the reported runs': " + ", ".join(
+            f"{k} = {v} where the reported runs have {lib.RECIPE[k]}" for k, v in changed.items()) + ". "
+        if set(changed) == {"activation"}:
+            secs = {(t["norm"], t["seed"], lib.recorded_recipe(t)["activation"]): t["seconds"]
+                    for t in tune_runs if t["device"] == gpu["device"]}
+            old, new = changed["activation"], lib.RECIPE["activation"]
+            ratios = [secs[n, s, new] / v for (n, s, a), v in secs.items() if a == old and (n, s, new) in secs]
+            if ratios:
+                note += (f"On the same GPU a run with {new} took {statistics.mean(ratios) - 1:+.1%} the time of one "
+                         f"with {old} (mean of {len(ratios)} pairs of runs, same norm and seed). ")
+    total = {mode: res["total_wall_seconds"] for mode, res in gpu["modes"].items()}
+    gap = max(abs(a["final_test_acc"] - b["final_test_acc"])
+              for a, b in zip(gpu["modes"]["cuda graphs"]["runs"], gpu["modes"]["eager"]["runs"]))
+    text = (f"Measured on **{gpu['device']}** (PyTorch {gpu['torch']}), data: {gpu['modes']['eager']['runs'][0]['data']}. "
+            f"All three runs: **{total['cuda graphs']:.1f} s with CUDA graphs**, {total['eager']:.1f} s eager "
+            f"({total['eager'] / total['cuda graphs']:.1f}x); the wall time includes CUDA start-up in the first run. "
+            f"Final test accuracies of the two modes differ by at most {gap:.2f} points (one seed each; the two "
+            "modes run different kernels, whose rounding differences grow over the run). " + note)
+    return dict(table=pd.DataFrame(rows).set_index(["mode", "model"]), text=text,
+                formats={"wall time (s)": "{:.1f}", "training (s)": "{:.1f}", "training img/s": "{:.0f}"})
+
+
+# =============================================================================================
+# The reproducibility appendix
+# =============================================================================================
+
+def data_table(runs: list[dict]):
+    """Per run: its data, how many images, and the per-channel mean and std it normalized with."""
+    import pandas as pd
+    return pd.DataFrame([{"run": m["run"], "data": m["data"], "train / test images": f"{m['n_train']:,} / {m['n_test']:,}",
+                          "mean (R, G, B)": ", ".join(f"{v:.4f}" for v in m["mean"]),
+                          "std (R, G, B)": ", ".join(f"{v:.4f}" for v in m["std"])} for m in runs]).set_index("run")
+
+
+def runs_table(runs: list[dict]):
+    """Per run: how it was trained (seed, epochs, batch, precision, device, threads, torch), its time and
+    final test accuracy, and whether it carries a layer trace."""
+    import pandas as pd
+    return pd.DataFrame([{"run": m["run"], "seed": m["seed"], "epochs": m["epochs"], "batch": m["batch_size"],
+                          "precision": m["precision"], "device": m["device"], "threads": m["threads"],
+                          "torch": m["torch"], "minutes": m["seconds"] / 60, "traced": "trace" in m,
+                          "final test acc. (%)": m["final_test_acc"]} for m in runs]).set_index("run")
+
+
+def environment() -> str:
+    """The Python, package and machine versions this page was executed with."""
+    import platform
+    from importlib.metadata import version
+    lines = [f"{'Python':<11} {platform.python_version()}"]
+    lines += [f"{p:<11} {version(p)}" for p in ("torch", "torchvision", "jupyter-book", "myst-nb", "papermill",
+                                               "matplotlib", "seaborn", "torchinfo", "numpy", "pandas")]
+    lines.append(f"{'machine':<11} {platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads")
+    return "\n".join(lines)
 
 
 # =============================================================================================
