@@ -2,15 +2,14 @@
 
 The network is so small that on a GPU launching a step's many small kernels one by one from Python,
 not the arithmetic, sets the pace (bench/gpu_runs.py); a replay launches them all at once. The CPU path
-of lib.train does not touch this module.
+of lib.train does not use this module. It imports nothing of the project: lib.train hands it the loss
+(lib.forward_loss) and what that takes (a lib.LossSetup), so lib can import it without a cycle.
 """
 from __future__ import annotations
 
 import copy
 
 import torch
-
-from lib import LossSetup, forward_loss
 
 
 def sgd_nesterov_(opt: torch.optim.SGD, bufs: list[torch.Tensor], lr: torch.Tensor) -> None:
@@ -33,10 +32,12 @@ def sgd_nesterov_(opt: torch.optim.SGD, bufs: list[torch.Tensor], lr: torch.Tens
 
 class CudaGraphStep:
     """The whole training step (normalize, forward, loss, backward, update, the epoch's running sums),
-    captured once as a CUDA graph and replayed for every full batch; a last, smaller batch runs eagerly."""
+    captured once as a CUDA graph and replayed for every full batch; a last, smaller batch runs eagerly.
+    forward_loss(model, x_uint8, y, setup) -> (logits, loss) is the step's forward pass (lib.forward_loss,
+    with `setup` a lib.LossSetup)."""
 
-    def __init__(self, model, opt, sample_x, sample_y, sums, setup: LossSetup):
-        self.model, self.opt, self.sums, self.setup = model, opt, sums, setup
+    def __init__(self, model, opt, sample_x, sample_y, sums, setup, forward_loss):
+        self.model, self.opt, self.sums, self.setup, self.forward_loss = model, opt, sums, setup, forward_loss
         self.params = [p for g in opt.param_groups for p in g["params"]]
         self.bufs = [torch.zeros_like(p) for p in self.params]
         self.lr = torch.zeros((), device=sample_x.device)
@@ -60,14 +61,14 @@ class CudaGraphStep:
     def _step(self, x, y):
         for p in self.params:
             p.grad = None
-        logits, loss = forward_loss(self.model, x, y, self.setup)
+        logits, loss = self.forward_loss(self.model, x, y, self.setup)
         loss.backward()
         with torch.no_grad():
             sgd_nesterov_(self.opt, self.bufs, self.lr)
             self.sums[0].add_(loss.detach() * len(y))
             self.sums[1].add_((logits.argmax(1) == y).sum())
 
-    def __call__(self, model, opt, x, y, lr: float, setup: LossSetup, sums) -> None:   # train_step's signature
+    def __call__(self, model, opt, x, y, lr: float, setup, sums) -> None:   # lib.train_step's signature
         self.lr.fill_(lr)
         if len(y) == len(self.y):
             self.x.copy_(x)

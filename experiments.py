@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -81,9 +82,8 @@ def load_plan(folder: str | Path) -> dict:
         args = settings(plan, name)
         try:
             lib.check_params(norm, args["epochs"], args["batch_size"], seed, groups=args["groups"],
-                             max_epochs=args["max_epochs"], precision=plan.get("precision", "auto"))
-            lib.check_int("batch_size", args["batch_size"], 1, n_train)
-            lib.check_recipe(args["recipe"])
+                             max_epochs=args["max_epochs"], precision=plan.get("precision", "auto"),
+                             recipe=args["recipe"], n_train=n_train)
         except lib.NormbookError as e:
             raise lib.NormbookError(f"{where}: {norm} {name!r}: {e}") from None
     return plan
@@ -281,22 +281,104 @@ def noise_threshold(folder: str | Path = "runs/tune") -> tuple[float, float]:
     return sigma, 2 * math.sqrt(2) * sigma
 
 
-def add_predictions(out_dir: str | Path, data: lib.Cifar10) -> None:
-    """For a run saved before runs kept their predictions: evaluate its saved weights exactly as the run
-    did (its precision, eval mode, batches of 1,000) and, only if that gives back its recorded final test
-    loss and accuracy to the last bit, save predictions.pt and the checksums beside them."""
-    out = lib.run_dir(out_dir)
-    m = lib.read_json(out / "metrics.json")
-    model = lib.build_model(m["norm"], m.get("groups"), lib.recorded_recipe(m))
-    model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
-    test_x, test_y = data.test_x[:m["n_test"]], data.test_y[:m["n_test"]]
-    ev = lib.evaluate(model, test_x, test_y, m["mean"], m["std"], m["precision"],
-                      label_smoothing=lib.recorded_recipe(m)["label_smoothing"])
-    if (ev["acc"], ev["loss"]) != (m["final_test_acc"], m["final_test_loss"]):
-        raise lib.NormbookError(f"{out}: re-evaluation gives {ev['acc']}/{ev['loss']}, the run recorded "
-                                f"{m['final_test_acc']}/{m['final_test_loss']}; predictions not saved")
-    lib.save_tensors(dict(probs=ev["probs"].float(), labels=test_y), out / "predictions.pt")
-    lib.seal_run(out, m)            # model.pt stays byte for byte as the run wrote it
+# =============================================================================================
+# The lever stages: screen, confirm, decide
+# =============================================================================================
+# runs/levers-screen/ is a plan file like any other: one run per norm and lever at seed 0, on the
+# validation split. The confirmation's plan is written from the screen's results (confirm_plan) as soon
+# as the screen is complete, so that `make tune` goes on by itself; the decision is computed by
+# report.py from both.
+
+SCREEN, CONFIRM, BASELINES = "levers-screen", "levers-confirm", "weight-std"
+MUON = "muon lr 0.05"
+COMBINED = "all that passed the screen"
+
+
+def screen_gains(runs: list[dict]) -> dict[str, dict[str, float]]:
+    """lever -> norm -> validation accuracy minus the recipe's (same norm and seed), from a plan's runs."""
+    gains = {}
+    for r in runs:
+        if r.get("tuning") not in (None, "recipe") and r.get("delta") is not None:
+            gains.setdefault(r["tuning"], {})[r["norm"]] = r["delta"]
+    return gains
+
+
+def passed_screen(gains: dict[str, dict[str, float]], bar: float) -> list[str]:
+    """The levers whose gain reaches `bar` for at least one norm, the largest best gain first."""
+    return sorted((lever for lever, g in gains.items() if max(g.values()) >= bar), key=lambda l: -max(gains[l].values()))
+
+
+def confirm_plan(screen: dict, gains: dict[str, dict[str, float]], bar: float) -> dict:
+    """Stage 2 from the screen: every lever that passed (passed_screen) at seeds 0-2 for every norm (seed 0
+    is the screen's run), Muon's peak LR bracketed at half and twice the screen's if Muon passed, and the
+    combination of everything that passed at seeds 0-2, each paired with the recipe at the same seeds."""
+    passed = passed_screen(gains, bar)
+    combined, settings_seen = {}, set()
+    for lever in passed:                           # the better value of a setting wins (passed is sorted)
+        change = screen["variants"][lever]
+        if not settings_seen & set(change):
+            combined.update(change)
+            settings_seen |= set(change)
+    variants = {"recipe": {}, **{lever: screen["variants"][lever] for lever in passed}}
+    if MUON in passed:
+        lr = screen["variants"][MUON]["muon_lr"]
+        variants.update({f"muon lr {lr / 2:g}": dict(screen["variants"][MUON], muon_lr=lr / 2),
+                         f"muon lr {lr * 2:g}": dict(screen["variants"][MUON], muon_lr=lr * 2)})
+    if len(passed) > 1:
+        variants[COMBINED] = combined
+    note = (f"Stage 2 of 3, written by experiments.confirm_plan from the screen: the levers whose seed-0 gain reached "
+            f"{bar:.2f} points (one standard deviation of a difference of two single runs) for at least one norm: "
+            + (", ".join(passed) if passed else "none") + ". The recipe and seed-0 runs that the screen or "
+            f"runs/{BASELINES} already hold are copied in (trained the same way), not trained again.")
+    runs = [[n, v] for v in variants for n in lib.NORMS]
+    return {"title": "The levers that passed the screen, confirmed at three seeds, and their combination",
+            "note": note, "device": screen["device"], "precision": screen["precision"], "data": screen["data"],
+            "epochs": screen["epochs"], "baseline": screen["baseline"], "variants": variants,
+            "parts": [{"seeds": [0, 1, 2], "runs": runs}]}
+
+
+def trained_alike(record: dict, plan: dict, norm: str, name: str, seed: int) -> bool:
+    """Whether a run record is the run that a plan names: same norm, seed, data split, run settings,
+    precision and full recipe."""
+    args, split = settings(plan, name), plan["data"]
+    n_train = split.get("n_train") or lib.FULL_TRAIN - split["holdout"]
+    return ("diverged" not in record and (record["norm"], record["seed"]) == (norm, seed)
+            and (record["epochs"], record["batch_size"], record["n_train"]) == (args["epochs"], args["batch_size"], n_train)
+            and record.get("evaluated_on") == ("validation" if "holdout" in split else None)
+            and record["precision"] == plan.get("precision", record["precision"])
+            and lib.recorded_recipe(record) == args["recipe"])
+
+
+def adopt_runs(folder: Path, sources: list[Path]) -> int:
+    """Copy into a plan's folder the runs it lacks that a source folder holds, trained alike; returns how many."""
+    plan, copied = load_plan(folder), 0
+    for path, norm, name, seed in missing(folder):
+        for source in sources:
+            for candidate in source.glob(f"{norm}-*-s{seed}.json"):
+                record = lib.read_json(candidate)
+                if trained_alike(record, plan, norm, name, seed) and record.get("tuning") == name:
+                    shutil.copyfile(candidate, path)           # the record as it was written, byte for byte
+                    copied += 1
+                    break
+            if path.exists():
+                break
+    return copied
+
+
+def write_next_stage() -> Path | None:
+    """Once the screen is complete and the confirmation has no plan yet: write it, copy in the runs that
+    exist already, and return its folder (None otherwise)."""
+    screen_dir, confirm_dir = lib.ROOT / "runs" / SCREEN, lib.ROOT / "runs" / CONFIRM
+    if not (screen_dir / "plan.json").exists() or (confirm_dir / "plan.json").exists() or missing(screen_dir):
+        return None
+    sigma, _ = noise_threshold()
+    plan = confirm_plan(load_plan(screen_dir), screen_gains(load_results(screen_dir)), math.sqrt(2) * sigma)
+    confirm_dir.mkdir(exist_ok=True)
+    lib.write_json(plan, confirm_dir / "plan.json")
+    copied = adopt_runs(confirm_dir, [screen_dir, lib.ROOT / "runs" / BASELINES])
+    print(f"{CONFIRM}: plan written from the screen ({len(plan['variants']) - 1} variants); {copied} runs copied in",
+          flush=True)
+    return confirm_dir
 
 
 def main(argv=None) -> None:
@@ -332,7 +414,11 @@ def run_command(args) -> None:
     for folder in folders:                        # every plan checked before any data is loaded
         load_plan(folder)
     data = None
-    for folder in folders:
+    staged = args.what == "device" and "cpu" in args.targets      # the lever stages go on by themselves
+    if staged and (stage := write_next_stage()):
+        folders.append(stage)
+    while folders:
+        folder = folders.pop(0)
         if [r for r in missing(folder) if args.seeds is None or r[3] in args.seeds]:
             data = data or lib.load_cifar10(args.data)
             if args.ray:
@@ -341,6 +427,8 @@ def run_command(args) -> None:
             else:
                 run_plan(folder, data=data, device="cuda" if load_plan(folder)["device"] == "cuda" else None,
                          seeds=args.seeds)
+        if staged and (stage := write_next_stage()):
+            folders.append(stage)
 
 
 if __name__ == "__main__":

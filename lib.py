@@ -4,9 +4,10 @@ The report's engine, read top to bottom in six sections: configuration, data, mo
 artifacts, evaluation. The notebooks in book/ call into it and into report.py, which turns the run
 artifacts into the summary, findings and figures they print. Beside them: experiments.py runs the
 experiments, whose plans are data files (runs/<folder>/plan.json); levers.py holds the training options
-those experiments measure and the recipe leaves off; robustness.py holds the training trace and the
-evaluations under shifted inputs; cuda_graphs.py is the GPU's training step; publish.py writes the
-README's results block and the notebooks' Colab cell.
+those experiments measure and the recipe leaves off; robustness.py holds the evaluations under shifted
+inputs; cuda_graphs.py is the GPU's training step; publish.py writes the README's results block and the
+notebooks' Colab cell. Of these, lib imports only levers (lazily, when a lever is on) and cuda_graphs,
+and neither imports lib (tests/test_imports.py).
 """
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm         # plain text: papermill runs have no widget front end
+
+from cuda_graphs import CudaGraphStep
 
 ROOT = Path(__file__).resolve().parent
 
@@ -40,7 +44,7 @@ MAX_EPOCHS = 20          # the exercise's ceiling
 MAX_PARAMS = 50_000      # the exercise's ceiling, strict: a model must have fewer
 GN_GROUPS = 8
 MAIN_BATCH = 128         # the batch size of the reported runs
-TRACE_EVERY = 40         # the reported runs record a robustness.Tracer point every 40 steps (196 per run)
+TRACE_EVERY = 40         # the reported runs record a Tracer point every 40 steps (196 per run)
 FULL_COUNTS = {"train": 5000, "test": 1000}   # images per class in CIFAR-10
 FULL_TRAIN, FULL_TEST = 10 * FULL_COUNTS["train"], 10 * FULL_COUNTS["test"]
 
@@ -100,19 +104,25 @@ def check_int(name: str, value, low: int, high: int | None = None) -> None:
 
 def check_params(norm: str, epochs: int = MAX_EPOCHS, batch_size: int = MAIN_BATCH, seed: int = 0,
                  subset: int = 0, groups: int | str | None = None, precision: str = "auto",
-                 max_epochs: int = MAX_EPOCHS) -> None:
-    """Refuse bad run parameters with a one-line message, before any work is done (max_epochs: only a
-    measurement outside the exercise's budget, such as the ceiling experiment, raises it)."""
+                 max_epochs: int = MAX_EPOCHS, recipe: dict | None = None, trace_every: int = 0,
+                 n_train: int = FULL_TRAIN) -> dict:
+    """Refuse bad run parameters (train's) with a one-line message, before any work is done; return the
+    run's whole recipe, RECIPE with `recipe`'s changes. The one check of a run: train calls it, and the
+    training notebook and experiments.py call it before they load any data.
+    n_train: the training images at hand, which subset and batch_size must fit in; max_epochs: only a
+    measurement outside the exercise's budget, such as the ceiling experiment, raises it."""
     choose("norm", norm, NORMS)
     check_int("epochs", epochs, 1, max_epochs)
     check_int("seed", seed, 0)
-    check_int("subset", subset, 0, FULL_TRAIN)
-    check_int("batch_size", batch_size, 1, subset or FULL_TRAIN)
+    check_int("subset", subset, 0, n_train)
+    check_int("batch_size", batch_size, 1, subset or n_train)
     choose("precision", precision, PRECISIONS)
     if groups is not None:
         if norm != "gn":
             raise NormbookError(f"groups={groups!r} only applies to norm='gn', not {norm!r}")
         group_count(groups, GN_GROUPS)          # raises on a malformed value
+    check_int("trace_every", trace_every, 0)
+    return check_recipe({**RECIPE, **(recipe or {})})
 
 
 def check_recipe(recipe: dict) -> dict:
@@ -478,8 +488,9 @@ def receptive_field_table(model: nn.Module | None = None) -> list[dict]:
 # =============================================================================================
 # train() reads like the fast single-file CIFAR-10 trainers: set up, then for each epoch augment the
 # whole epoch at once and run train_epoch (a loop of train_step), then evaluate. Optional parts stay
-# out of the loop's way: robustness.Tracer (`trace_every`), levers.WeightAverage (the recipe's `ema`) and,
-# on a GPU, cuda_graphs.CudaGraphStep, which replays the whole step as a CUDA graph.
+# out of the loop's way: Tracer (`trace_every`), levers.WeightAverage (the recipe's `ema`) and, on a GPU,
+# cuda_graphs.CudaGraphStep, which replays the whole step (forward_loss and an SGD-Nesterov update) as a
+# CUDA graph.
 
 def one_cycle(step: int, total: int, peak: float, warmup: float) -> float:
     """Linear rise from 0 to peak over the first `warmup` fraction of steps, linear fall to 0 after."""
@@ -548,6 +559,48 @@ def train_epoch(model, opt, step_fn, epoch_x, epoch_y, batch_size: int, lrs, set
     return sums[0].item() / len(epoch_y), 100.0 * sums[1].item() / len(epoch_y)
 
 
+class Tracer:
+    """Every `every` steps, per normalized layer: the scale of the norm's input (the per-channel std,
+    its mean and std over channels), the norm's gamma (mean, std), and the norm of the conv weight and
+    of its gradient. It only reads tensors, so the training arithmetic and random streams are unchanged.
+    The "why they differ" chapter plots what it records (metrics["trace"])."""
+    KEYS = ("act_std_mean", "act_std_std", "gamma_mean", "gamma_std", "weight_norm", "grad_norm")
+
+    def __init__(self, model: Net, every: int):
+        self.every, self.armed, self.inputs = every, False, {}
+        self.layers = {name: block for name, block in zip(LAYERS, model.flat()) if name.startswith("C")}
+        self.trace = dict(every=every, step=[], lr=[], layers={n: {k: [] for k in self.KEYS} for n in self.layers})
+        self.hooks = [norm.register_forward_pre_hook(lambda mod, args, name=name: self._keep(name, args[0]))
+                      for name, (_, norm, _) in self.layers.items()]
+
+    def _keep(self, name, x):
+        if self.armed:
+            self.inputs[name] = x.detach().float().std(dim=(0, 2, 3))
+
+    def arm(self, step: int) -> None:
+        """Before a step: keep the norms' inputs of this step if it is one to trace."""
+        self.step, self.armed = step, step % self.every == 0
+
+    @torch.no_grad()
+    def record(self, lr: float) -> None:
+        """After the armed step: append its point."""
+        if not self.armed:
+            return
+        self.trace["step"].append(self.step)
+        self.trace["lr"].append(lr)
+        for name, (conv, norm, _) in self.layers.items():
+            act, row = self.inputs.pop(name), self.trace["layers"][name]
+            grad = conv.weight.grad.norm() if conv.weight.grad is not None else 0.0     # 0: a frozen layer
+            for key, value in zip(self.KEYS, (act.mean(), act.std(), norm.weight.mean(), norm.weight.std(),
+                                              conv.weight.norm(), grad)):
+                row[key].append(float(value))
+        self.armed = False
+
+    def close(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+
+
 class TrainingDiverged(RuntimeError):
     pass
 
@@ -564,14 +617,15 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = MAIN_BAT
           device: str | torch.device | None = None, progress: bool = True,
           cuda_graphs: bool | None = None, trace_every: int = 0, max_epochs: int = MAX_EPOCHS) -> TrainedRun:
     """Train one model; return (model, metrics, predictions). Nothing is written here (see save_run).
+    Every parameter is checked first, by check_params.
 
+    recipe: changes to RECIPE. data: CIFAR-10 in memory; None: load_cifar10(data_dir).
     precision: "fp32", "bf16" (autocast) or "auto" (bf16 where the hardware has it).
     cuda_graphs: replay each step as a CUDA graph (cuda_graphs.py); default: where it can, on a CUDA device.
-    trace_every: record a robustness.Tracer point every that many steps (0: off), stored as metrics["trace"].
+    trace_every: record a Tracer point every that many steps (0: off), stored as metrics["trace"].
     """
-    check_params(norm, epochs, batch_size, seed, subset, groups, precision, max_epochs)
-    check_int("trace_every", trace_every, 0)
-    recipe = check_recipe({**RECIPE, **(recipe or {})})
+    recipe = check_params(norm, epochs, batch_size, seed, subset, groups, precision, max_epochs, recipe, trace_every,
+                          n_train=len(data.train_y) if data else FULL_TRAIN)
     groups = GN_GROUPS if groups is None else groups
     device = torch.device(device) if device else pick_device()
     precision = ("bf16" if bf16_supported(device) else "fp32") if precision == "auto" else precision
@@ -581,8 +635,9 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = MAIN_BAT
     if cuda_graphs and (device.type != "cuda" or not graphable):
         raise NormbookError(f"cuda_graphs=True needs a CUDA device (got {device}) and plain SGD-Nesterov steps "
                             f"(optimizer {recipe['optimizer']!r}; no trace_every, no frozen first layer)")
+    # Without `data`, check_params assumed 50,000 training images: load_cifar10(full=True) insists on them,
+    # and Cifar10.subset refuses a folder of fewer than `subset`.
     data = (data or load_cifar10(data_dir, full=subset == 0)).subset(subset)
-    check_int("batch_size", batch_size, 1, len(data.train_y))
 
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -604,21 +659,18 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = MAIN_BAT
                               cache_enabled=not cuda_graphs)
     setup = LossSetup(mean_t, std_t, layout, autocast, recipe["label_smoothing"])
     sums = (torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.int64))  # loss, correct
-    step_fn, average, tracer = train_step, None, None       # the optional parts, imported only when on
+    step_fn, average, tracer = train_step, None, None       # the optional parts (levers imported only when on)
     if cuda_graphs:
-        from cuda_graphs import CudaGraphStep
-        step_fn = CudaGraphStep(model, opt, train_x[:batch_size], train_y[:batch_size], sums, setup)
+        step_fn = CudaGraphStep(model, opt, train_x[:batch_size], train_y[:batch_size], sums, setup, forward_loss)
     if recipe["ema"]:
         from levers import WeightAverage
         average = WeightAverage(model, recipe["ema"])
     if trace_every:
-        from robustness import Tracer
         tracer = Tracer(model, trace_every)
     cutout_fill = (mean_t * 255).round()                # the mean colour: 0 once normalized
 
     first_flip = torch.rand(n, generator=gen, device=device) < 0.5 if recipe["flip"] == "alternate" else None
     history, start, train_seconds = [], time.perf_counter(), 0.0
-    from tqdm import tqdm         # plain text: papermill runs have no widget front end
     bar = tqdm(total=total, disable=not progress, desc=f"{norm} seed {seed}", unit="step", mininterval=2)
     for epoch in range(1, epochs + 1):
         model.train()

@@ -561,9 +561,19 @@ def plot_confusion(cm: torch.Tensor, title: str = "", ax=None):
     return ax
 
 
+def figures_dir():
+    """book/figures/, where the README and the book find the figures; NORMBOOK_FIGURES names another folder
+    (the chapter tests write theirs into a temporary one)."""
+    import os
+    from pathlib import Path
+    return Path(os.environ.get("NORMBOOK_FIGURES") or lib.ROOT / "book" / "figures")
+
+
 def save_figure(fig, name: str) -> None:
-    """Save to book/figures/<name>.png (atomically); the README and the book show these files."""
-    lib.atomic_write(lib.ROOT / "book" / "figures" / f"{name}.png", lambda f: fig.savefig(f, format="png"))
+    """Save to figures_dir()/<name>.png, atomically."""
+    folder = figures_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    lib.atomic_write(folder / f"{name}.png", lambda f: fig.savefig(f, format="png"))
 
 
 def table(df, formats: dict | None = None, precision: int = 2):
@@ -925,7 +935,7 @@ def pipelines_table(bench: dict) -> dict:
     """The whole input pipeline and step of lib.py against a tutorial-style DataLoader loop, per norm."""
     import pandas as pd
     pipe = pd.DataFrame(bench["pipelines"]).set_index("norm")[[
-        "lib_images_per_s", "seed_style_images_per_s", "ratio", "gflops", "peak_fp32_gflops", "fraction_of_fp32_peak",
+        "lib_images_per_s", "tutorial_images_per_s", "ratio", "gflops", "peak_fp32_gflops", "fraction_of_fp32_peak",
         "lib_setting"]]
     pipe.index = [n.upper() for n in pipe.index]
     pipe.columns = ["lib.py (img/s)", "tutorial-style (img/s)", "ratio", "GFLOP/s", "fp32 peak (GFLOP/s)",
@@ -1014,6 +1024,213 @@ def environment() -> str:
                                                "matplotlib", "seaborn", "torchinfo", "numpy", "pandas")]
     lines.append(f"{'machine':<11} {platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads")
     return "\n".join(lines)
+
+
+# =============================================================================================
+# The tuning appendix: every experiment on the validation split, the lever stages, the ceiling
+# =============================================================================================
+
+RECIPE_WORDS = {   # what each recipe setting means, for a reader
+    "optimizer": "optimizer", "momentum": "momentum", "peak_lr": "peak learning rate (one-cycle)",
+    "lr_batch": "batch size the peak learning rate is set for (scaled linearly)", "warmup": "share of steps warming up",
+    "weight_decay": "weight decay (conv weights)", "label_smoothing": "label smoothing",
+    "translate": "random translation (pixels)", "flip": "random horizontal flip", "shortcuts": "identity shortcuts",
+    "activation": "activation", "cutout": "cutout (pixels; 0: off)", "ema": "weight averaging decay (0: off)",
+    "widths": "widths", "weight_std": "Weight Standardization", "bn_ghost": "BN ghost batch (0: the whole batch)",
+    "bn_frozen": "BN statistics frozen after warm-up", "muon_lr": "Muon's peak LR (with optimizer Muon)",
+    "whiten": "whitened first layer", "dirac": "identity (Dirac) initialisation"}
+LEVERS = ("muon lr 0.05", "whiten trainable", "whiten frozen", "dirac init", "alternating flip")
+
+
+def validation_runs() -> dict:
+    """Every run of the experiments on the validation split (with `folder`), their plans, and the noise:
+    sigma (one run's seed-to-seed std) and threshold (two std of a difference of two single runs)."""
+    import experiments
+    folders = [f for f in experiments.plan_dirs() if "holdout" in experiments.load_plan(f)["data"]]
+    sigma, threshold = experiments.noise_threshold("runs/tune")
+    return dict(plans={f.name: experiments.load_plan(f) for f in folders}, sigma=sigma, threshold=threshold,
+                runs=[dict(r, folder=f.name) for f in folders for r in experiments.load_results(f)])
+
+
+def tuning_numbers(v: dict) -> dict:
+    import experiments
+    devices = sorted({r["device"].split(",")[0] for r in v["runs"]})
+    return dict(muon_lr=f"{v['plans'][experiments.SCREEN]['variants'][experiments.MUON]['muon_lr']:g}",sigma=f"{v['sigma']:.2f}", threshold=f"{v['threshold']:.2f}",
+                threshold_diff=f"{math.sqrt(2) * v['sigma']:.2f}", screen_bar=f"{math.sqrt(2) * v['sigma']:.2f}",
+                source=f"Data: {v['runs'][0]['data']}; {len(v['runs'])} runs in the {len(v['plans'])} experiments on "
+                       f"this split, on {' and '.join(devices)}.")
+
+
+def describe_change(change: dict) -> str:
+    return ", ".join(f"{k} = {'(layout)' if k == 'widths' else v}" for k, v in change.items())
+
+
+def tried_table(v: dict, skip=("levers-screen", "levers-confirm")):
+    """Every one-setting change (outside the lever stages): its mean gain over its paired baselines, the
+    noise bar for that many runs, the verdict, and where it was measured."""
+    import pandas as pd
+    rows, groups = [], {}
+    for r in v["runs"]:
+        if r["tuning"] != "recipe" and r["folder"] not in skip:
+            groups.setdefault((r["folder"], r["tuning"]), []).append(r)
+    for (folder, name), runs in groups.items():
+        plan, deltas = v["plans"][folder], [r["delta"] for r in runs if r["delta"] is not None]
+        mean, bar = statistics.mean(deltas) if deltas else float("nan"), v["threshold"] / math.sqrt(max(len(deltas), 1))
+        base = plan["baseline"]
+        rows.append({"change": name, "mean gain": mean, "± threshold": bar,
+                     "verdict": "clear gain" if mean > bar else "clear loss" if mean < -bar else "within noise",
+                     "runs": len(deltas), "norms": " ".join(sorted({r["norm"].upper() for r in runs})),
+                     "device": plan["device"].upper().replace("CUDA", "GPU"),
+                     "started from": ", ".join([lib.ACTIVATION_NAMES[base.get("activation", lib.RECIPE["activation"])],
+                                                "shortcuts" if base.get("shortcuts", True) else "no shortcuts"]),
+                     "setting": describe_change(plan["variants"][name])})
+    return pd.DataFrame(rows).set_index("change")
+
+
+def plot_first_changes(v: dict):
+    """The first experiment's changes run by run, against the band of the noise."""
+    import matplotlib.pyplot as plt
+    first = sorted((r for r in v["runs"] if r["folder"] == "tune" and r["tuning"] != "recipe"), key=lambda r: r["delta"])
+    fig, ax = plt.subplots(figsize=(7.6, 0.8 + 0.3 * len(first)))
+    ax.axvspan(-v["threshold"], v["threshold"], color="0.9", zorder=0)
+    ax.barh([f"{r['norm'].upper()} · {r['tuning']}" + (f" (seed {r['seed']})" if r["seed"] else "") for r in first],
+            [r["delta"] for r in first], color=[COLORS[r["norm"]] for r in first])
+    ax.axvline(0, color="0.3", lw=0.8)
+    ax.set(xlabel="validation accuracy minus the baseline's (points)",
+           title=f"First changes (ReLU, no shortcuts), run by run\ngrey: within noise (±{v['threshold']:.2f})")
+    fig.tight_layout()
+    return fig
+
+
+def kept_text(v: dict, tried) -> str:
+    """What was adopted into the recipe, what else was measured on it, and a clear gain left out, and why."""
+    first_base = next(r for r in v["runs"] if r["folder"] == "tune" and r["tuning"] == "recipe")
+    adopted = {k: val for k, val in lib.RECIPE.items() if lib.recorded_recipe(first_base).get(k) != val}
+    settings = [describe_change({k: val}) for k, val in adopted.items()]
+    kept = tried[tried.setting.isin(settings)]
+    today = tried[tried["started from"] == "SiLU, shortcuts"]
+    best = today["mean gain"].idxmax()
+    others = tried[(tried.verdict == "clear gain") & ~tried.setting.isin(settings)]
+    return "\n".join(f"- {line}" for line in [
+        "Adopted, each a clear gain on average over its runs: " + "; ".join(
+            f"**{name}** ({r.setting}, {r.device}: {r['mean gain']:+.2f} over {r.runs} runs)" for name, r in kept.iterrows()) + ".",
+        f"On the recipe with both, {len(today)} further changes were measured; the largest mean gain is *{best}*, "
+        f"{today.loc[best, 'mean gain']:+.2f} over {today.loc[best, 'runs']} run{'s' if today.loc[best, 'runs'] > 1 else ''}, "
+        f"against a threshold of ±{today.loc[best, '± threshold']:.2f}: "
+        + ("a clear gain." if today.loc[best, "verdict"] == "clear gain" else "none clears the noise as a gain."),
+        *[f"A clear gain not adopted: *{name}* ({r['mean gain']:+.2f}, {r.device}), because another value of the same "
+          "setting, now in the recipe, gained more." for name, r in others.iterrows()]])
+
+
+def recipe_table():
+    """The recipe of the reported runs, one setting a row, in words."""
+    import pandas as pd
+    value = lambda k, x: "the widths of the network chapter" if k == "widths" and x is None else \
+        lib.ACTIVATION_NAMES.get(x, x) if k == "activation" else "yes" if x is True else "no" if x is False else x
+    return pd.DataFrame([{"setting": RECIPE_WORDS.get(k, k), "value": str(value(k, x))} for k, x in lib.RECIPE.items()
+                         if k not in ("bn_ghost", "bn_frozen", "muon_lr") or x]).set_index("setting")
+
+
+def lever_stages(v: dict) -> dict:
+    """The levers of the fast CIFAR-10 trainers, screened and confirmed: per lever and norm the mean gain over
+    its seeds (with the range), the verdict, and the decision on the recipe, as a table and a paragraph."""
+    import experiments
+    import pandas as pd
+    screen_bar = math.sqrt(2) * v["sigma"]
+    runs = [r for r in v["runs"] if r["folder"] in (experiments.SCREEN, experiments.CONFIRM)]
+    deltas = {}
+    for r in runs:                                      # the confirmation copies the screen's seed-0 runs: count once
+        if r["tuning"] != "recipe" and r["delta"] is not None:
+            deltas.setdefault(r["tuning"], {}).setdefault(r["norm"], {})[r["seed"]] = r["delta"]
+    rows, adopt = [], None
+    for lever in [*LEVERS, *(l for l in deltas if l not in LEVERS)]:
+        per_norm = deltas.get(lever, {})
+        row = {"lever": lever}
+        verdicts = {}
+        for n in lib.NORMS:
+            d = list(per_norm.get(n, {}).values())
+            if not d:
+                row[SHORT[n]] = "—"
+                continue
+            mean, bar = statistics.mean(d), v["threshold"] / math.sqrt(len(d))
+            row[SHORT[n]] = f"{mean:+.2f}" + (f" ({min(d):+.2f} to {max(d):+.2f})" if len(d) > 1 else "")
+            verdicts[n] = ("gain" if mean > bar else "loss" if mean < -bar else "within noise") if len(d) >= 3 else \
+                "passes the screen" if mean >= screen_bar else "below the screen's bar"
+        seeds = min((len(per_norm.get(n, {})) for n in lib.NORMS), default=0)
+        row["seeds"] = seeds
+        if len(verdicts) < len(lib.NORMS):
+            row["verdict"] = "not measured for every norm"
+        elif seeds == 1:
+            passed = [SHORT[n] for n, x in verdicts.items() if x == "passes the screen"]
+            row["verdict"] = f"passes the screen ({', '.join(passed)})" if passed else "stops at the screen"
+        else:
+            row["verdict"] = "; ".join(f"{SHORT[n]} {x}" for n, x in verdicts.items())
+        if lever == experiments.COMBINED and seeds >= 3:
+            gains = sum(x == "gain" for x in verdicts.values())
+            adopt = gains >= 2 and "loss" not in verdicts.values()
+        if per_norm:
+            rows.append(row)
+    table = pd.DataFrame(rows).set_index("lever") if rows else pd.DataFrame()
+    screened = [r for r in rows if r["lever"] in LEVERS and r["verdict"] != "not measured for every norm"]
+    text = (f"{len(screened)} of the {len(LEVERS)} levers are screened: one run per norm at seed 0, each against the recipe "
+            f"run of its norm and seed. A lever passes the screen when its gain reaches {screen_bar:.2f} points for at "
+            "least one norm (one standard deviation of the difference of two single runs: a lenient bar, so that a real "
+            f"gain is rarely lost); it is then measured at seeds 0–2 and judged by its mean against ±{v['threshold']:.2f}/√3. ")
+    if adopt is None:
+        text += ("The recipe of the reported runs is unchanged: no combination of levers has been measured at three "
+                 "seeds with a gain beyond noise for two norms.")
+    elif adopt:
+        text += "The combination of the levers that passed gains beyond noise for at least two norms and hurts none."
+    else:
+        text += ("The combination of the levers that passed does not gain beyond noise for two norms without hurting "
+                 "one, so the recipe is unchanged.")
+    return dict(table=table, text=text, adopt=adopt)
+
+
+def ceiling(main: dict[str, dict]) -> dict:
+    """The recipe trained past the 20-epoch budget (runs/ceiling/, seed 0, test set): test and train accuracy
+    per norm and epoch count beside the reference points, and a paragraph."""
+    import experiments
+    import pandas as pd
+    runs = {(r["norm"], r["epochs"]): r for r in experiments.load_results("runs/ceiling")}
+    plan = experiments.load_plan("runs/ceiling")
+    epochs = sorted({experiments.settings(plan, name)["epochs"] for name in plan["variants"]})
+    get = lambda n, e, key: runs[n, e][key] if (n, e) in runs else float("nan")
+    table = pd.DataFrame([{"norm": short_name(n), "reference point": experiments.TARGETS[n],
+                           "20 epochs": main[n]["final_test_acc"], **{f"{e} epochs": get(n, e, "final_test_acc") for e in epochs},
+                           **{f"train, {e} epochs": get(n, e, "final_train_acc") for e in epochs}}
+                          for n in lib.NORMS]).set_index("norm")
+    if not runs:
+        return dict(table=table, text="No run of this kind is in `runs/ceiling/`.")
+    done = [e for e in epochs if all((n, e) in runs for n in lib.NORMS)]
+    change = lambda e: [runs[n, e]["final_test_acc"] - main[n]["final_test_acc"] for n in lib.NORMS]
+    text = " ".join(
+        f"At {e} epochs the recipe reaches " + ", ".join(f"{n.upper()} {runs[n, e]['final_test_acc']:.2f} %" for n in lib.NORMS)
+        + f" ({sum(runs[n, e]['final_test_acc'] >= experiments.TARGETS[n] for n in lib.NORMS)} of 3 at or above their "
+        f"reference point), {min(change(e)):+.2f} to {max(change(e)):+.2f} points against 20 epochs." for e in done)
+    left = [f"{n.upper()} at {e}" for e in epochs for n in lib.NORMS if (n, e) not in runs]
+    if left:
+        text += " Not measured: " + ", ".join(left) + " epochs."
+    first = next(iter(runs.values()))
+    text += f" Data: {first['data']}; device: {first['device']}; seed 0; test set."
+    return dict(table=table, text=text)
+
+
+def targets_text(rows: list[dict]) -> str:
+    import experiments
+    main = {r["norm"]: r for r in rows}
+    return "; ".join(f"{short_name(n)} {t:.0f} % (the reported runs: {main[n]['test_mean']:.2f} %)"
+                     for n, t in experiments.TARGETS.items())
+
+
+def plans_table():
+    """Every experiment: its folder, its question, where it runs and how many runs it holds of how many."""
+    import experiments
+    import pandas as pd
+    return pd.DataFrame([{"folder": f"runs/{f.name}/", "question": experiments.load_plan(f)["title"],
+                          "device": experiments.load_plan(f)["device"].upper(),
+                          "runs": f"{len(experiments.planned(f)) - len(experiments.missing(f))} of {len(experiments.planned(f))}"}
+                         for f in experiments.plan_dirs()]).set_index("folder")
 
 
 # =============================================================================================

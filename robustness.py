@@ -1,6 +1,6 @@
-"""Why the norms differ, measured. During training, the Tracer records what happens inside the network
-(lib.train's trace_every). On the saved models, evaluation under shifted inputs and with other batch
-companions; nothing here trains, and `make robustness` writes runs/robustness/<norm>-s<seed>.json.
+"""Why the norms differ, measured on the saved models: evaluation under shifted inputs and with other batch
+companions. Nothing here trains (what happens inside the network during training, lib.Tracer records:
+lib.train's trace_every); `make robustness` writes runs/robustness/<norm>-s<seed>.json.
 It also writes runs/fit/<norm>-s<seed>.json: how well each model fits its clean training images.
 
 - input scale: the normalized input multiplied by a (contrast about the training mean), and the raw
@@ -38,47 +38,6 @@ CORRUPTIONS = {
     "brightness": (0.1, 0.2, 0.3, 0.4, 0.5),                # added to every pixel, [0, 1] units
     "pixelate": (0.95, 0.9, 0.85, 0.75, 0.65),              # downscale factor, then back up
 }
-
-
-class Tracer:
-    """Every `every` steps, per normalized layer: the scale of the norm's input (the per-channel std,
-    its mean and std over channels), the norm's gamma (mean, std), and the norm of the conv weight and
-    of its gradient. It only reads tensors, so the training arithmetic and random streams are unchanged."""
-    KEYS = ("act_std_mean", "act_std_std", "gamma_mean", "gamma_std", "weight_norm", "grad_norm")
-
-    def __init__(self, model: lib.Net, every: int):
-        self.every, self.armed, self.inputs = every, False, {}
-        self.layers = {name: block for name, block in zip(lib.LAYERS, model.flat()) if name.startswith("C")}
-        self.trace = dict(every=every, step=[], lr=[], layers={n: {k: [] for k in self.KEYS} for n in self.layers})
-        self.hooks = [norm.register_forward_pre_hook(lambda mod, args, name=name: self._keep(name, args[0]))
-                      for name, (_, norm, _) in self.layers.items()]
-
-    def _keep(self, name, x):
-        if self.armed:
-            self.inputs[name] = x.detach().float().std(dim=(0, 2, 3))
-
-    def arm(self, step: int) -> None:
-        """Before a step: keep the norms' inputs of this step if it is one to trace."""
-        self.step, self.armed = step, step % self.every == 0
-
-    @torch.no_grad()
-    def record(self, lr: float) -> None:
-        """After the armed step: append its point."""
-        if not self.armed:
-            return
-        self.trace["step"].append(self.step)
-        self.trace["lr"].append(lr)
-        for name, (conv, norm, _) in self.layers.items():
-            act, row = self.inputs.pop(name), self.trace["layers"][name]
-            grad = conv.weight.grad.norm() if conv.weight.grad is not None else 0.0     # 0: a frozen layer
-            for key, value in zip(self.KEYS, (act.mean(), act.std(), norm.weight.mean(), norm.weight.std(),
-                                              conv.weight.norm(), grad)):
-                row[key].append(float(value))
-        self.armed = False
-
-    def close(self) -> None:
-        for hook in self.hooks:
-            hook.remove()
 
 
 def corrupt(x: torch.Tensor, name: str, severity: int, seed: int = 0) -> torch.Tensor:

@@ -120,3 +120,40 @@ def test_noise_threshold_pools_the_baselines_repeated_seeds(tmp_path):
         lib.write_json(dict(norm=norm, seed=seed, tuning="recipe", final_val_acc=acc), folder / f"{norm}-recipe-s{seed}.json")
     sigma, threshold = experiments.noise_threshold(folder)
     assert sigma == pytest.approx(1.0) and threshold == pytest.approx(2 * 2 ** 0.5)
+
+
+def test_the_confirmation_plan_takes_what_passed_the_screen_brackets_muon_and_combines(tmp_path):
+    screen = experiments.load_plan(lib.ROOT / "runs" / experiments.SCREEN)
+    gains = {"muon lr 0.05": {"bn": 0.9, "gn": -0.2, "ln": 0.1}, "whiten trainable": {"bn": 0.1, "gn": 0.7, "ln": 0.6},
+             "whiten frozen": {"bn": 0.0, "gn": 0.65, "ln": 0.2}, "dirac init": {"bn": 0.5, "gn": 0.2, "ln": -1.0},
+             "alternating flip": {"bn": -0.3, "gn": 0.1, "ln": 0.2}}
+    assert experiments.passed_screen(gains, 0.6) == ["muon lr 0.05", "whiten trainable", "whiten frozen"]
+    plan = experiments.confirm_plan(screen, gains, 0.6)
+    assert set(plan["variants"]) == {"recipe", "muon lr 0.05", "whiten trainable", "whiten frozen", "muon lr 0.025",
+                                     "muon lr 0.1", experiments.COMBINED}
+    assert plan["variants"]["muon lr 0.1"] == {"optimizer": "Muon", "muon_lr": 0.1}
+    assert plan["variants"][experiments.COMBINED] == {"optimizer": "Muon", "muon_lr": 0.05, "whiten": "trainable"}
+    assert plan["parts"] == [{"seeds": [0, 1, 2], "runs": [[n, v] for v in plan["variants"] for n in lib.NORMS]}]
+    write = tmp_path / "confirm"
+    write.mkdir()
+    (write / "plan.json").write_text(json.dumps(plan))
+    experiments.load_plan(write)                                         # a valid plan
+    nothing = experiments.confirm_plan(screen, gains, 5.0)
+    assert set(nothing["variants"]) == {"recipe"}
+
+
+def test_only_runs_trained_alike_are_copied_into_a_plan(tmp_path):
+    source, target = write_plan(tmp_path / "a"), write_plan(tmp_path / "b")
+    plan = experiments.load_plan(target)
+    args = experiments.settings(plan, "recipe")
+    record = dict(norm="bn", seed=0, epochs=1, batch_size=128, n_train=lib.FULL_TRAIN - 50, evaluated_on="validation",
+                  precision="fp32", recipe=args["recipe"], tuning="recipe", final_val_acc=50.0)
+    assert experiments.trained_alike(record, plan, "bn", "recipe", 0)
+    for change in (dict(seed=1), dict(epochs=2), dict(recipe={**args["recipe"], "peak_lr": 0.2}), dict(diverged="x"),
+                   dict(evaluated_on=None)):
+        assert not experiments.trained_alike({**record, **change}, plan, "bn", "recipe", 0), change
+    lib.write_json(record, source / "bn-recipe-s0.json")
+    lib.write_json({**record, "seed": 1, "recipe": {**args["recipe"], "peak_lr": 0.2}}, source / "bn-recipe-s1.json")
+    assert experiments.adopt_runs(target, [source]) == 1
+    assert (target / "bn-recipe-s0.json").read_bytes() == (source / "bn-recipe-s0.json").read_bytes()
+    assert not (target / "bn-recipe-s1.json").exists()

@@ -34,7 +34,8 @@ def replay_mismatch(norm: str) -> float:
     setup = lib.LossSetup(torch.tensor([0.5] * 3, device=dev), torch.tensor([0.25] * 3, device=dev), layout,
                           torch.autocast("cuda", enabled=False), 0.1)
     sums = (torch.zeros((), device=dev), torch.zeros((), device=dev, dtype=torch.int64))
-    graph_step = cuda_graphs.CudaGraphStep(model, opt, *batch(), sums, setup)   # its warm-up leaves no trace
+    # Its warm-up leaves no trace.
+    graph_step = cuda_graphs.CudaGraphStep(model, opt, *batch(), sums, setup, lib.forward_loss)
     worst = 0.0
     for lr in (0.1, 0.05, 0.02):
         x, y = batch()
