@@ -9,6 +9,7 @@ PAPERMILL = $(PY) -m papermill --log-output --no-progress-bar
 
 .PHONY: report setup data run runs seeds sweeps tune tune-gpu cluster robustness analysis book readme test browser bench clean
 
+
 ## The whole report from nothing: install, data, three training runs, analysis, README, site.
 report: setup data runs robustness analysis readme book
 
@@ -97,3 +98,13 @@ bench:
 
 clean:
 	rm -rf _build book/_build
+
+# Make variables reach the shell: anything but the values they may take is refused here, in one line,
+# before a folder is made or a command run.
+nodigits = $(subst 9,,$(subst 8,,$(subst 7,,$(subst 6,,$(subst 5,,$(subst 4,,$(subst 3,,$(subst 2,,$(subst 1,,$(subst 0,,$1))))))))))
+unsafe = $(strip $(foreach c,; & | $$ ` ' " < > ( ) * ? [ ] { } ~ ! \ \#,$(findstring $c,$1)))
+$(if $(filter-out bn gn ln,$(NORM) $(NORMS))$(filter-out 1,$(words $(NORM))),$(error NORM and NORMS take bn, gn or ln, not '$(NORM)' / '$(NORMS)'))
+spaced = $(subst 9,9 ,$(subst 8,8 ,$(subst 7,7 ,$(subst 6,6 ,$(subst 5,5 ,$(subst 4,4 ,$(subst 3,3 ,$(subst 2,2 ,$(subst 1,1 ,$(subst 0,0 ,$1))))))))))
+$(foreach s,$(SEED) $(SEEDS),$(if $(call nodigits,$s)$(word 19,$(call spaced,$s)),$(error SEED and SEEDS take whole numbers below 10^18, not '$s')))
+$(if $(filter-out 1,$(words $(SEED))),$(error SEED takes one whole number, not '$(SEED)'))
+$(if $(call unsafe,$(DATA) $(ARGS) $(RAY) $(CPUS_PER_RUN) $(GPUS_PER_RUN))$(filter-out 1,$(words $(DATA))),$(error DATA, ARGS, RAY and the per-run counts take plain words and paths (no shell characters or spaces in DATA)))

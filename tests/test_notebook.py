@@ -56,13 +56,30 @@ def test_bad_parameter_fails_the_notebook_and_writes_nothing(tree, tmp_path, par
     assert not out.exists()
 
 
-def test_a_failed_make_run_keeps_the_executed_notebooks(tree):
+def test_a_failed_make_run_keeps_the_executed_notebooks(tmp_path):
     before = {p.name: p.read_bytes() for p in (ROOT / "book" / "runs").glob("*.ipynb")}
-    done = subprocess.run(["make", "--no-print-directory", "run", "NORM=BN", f"DATA={tree}"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode != 0 and "unknown norm 'BN'" in done.stdout + done.stderr
-    (ROOT / "book" / "runs" / ".BN.partial.ipynb").unlink(missing_ok=True)
+    done = subprocess.run(["make", "--no-print-directory", "run", "NORM=bn", f"DATA={tmp_path / 'no-such-folder'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and "no-such-folder" in done.stdout + done.stderr
+    (ROOT / "book" / "runs" / ".bn.partial.ipynb").unlink(missing_ok=True)
     assert {p.name: p.read_bytes() for p in (ROOT / "book" / "runs").glob("*.ipynb")} == before
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("NORM=bn;touch {x}", "NORM and NORMS take bn, gn or ln"), ("NORMS=bn gn;touch {x}", "NORM and NORMS take"),
+    ("SEED=1;touch {x}", "SEED and SEEDS take whole numbers"), ("SEED=99999999999999999999", "below 10^18"),
+    ("SEED=", "SEED takes one whole number"), ("DATA=data;touch {x}", "no shell characters"),
+    ("ARGS=-p epochs 1 `touch {x}`", "no shell characters"), ("RAY=local|touch {x}", "no shell characters")])
+def test_a_make_variable_outside_its_values_is_refused_in_one_line_before_anything_runs(setting, words, tmp_path):
+    x = tmp_path / "x"
+    name, value = setting.split("=", 1)
+    listing = lambda: sorted(str(p) for d in (ROOT / "runs" / "scratch", ROOT / "book" / "runs") if d.exists()
+                             for p in d.rglob("*"))
+    before = listing()
+    done = subprocess.run(["make", "--no-print-directory", "run", f"{name}={value.format(x=x)}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and words in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not x.exists() and listing() == before
 
 
 def test_every_notebook_starts_with_the_colab_cell_and_needs_no_path_tricks():
