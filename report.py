@@ -98,18 +98,18 @@ def plot_norm_axes(narrow: bool = False):
     import matplotlib.pyplot as plt
     import numpy as np
     n, c, hw = 6, 8, 5
-    fig = plt.figure(figsize=(7.6, 7.4) if narrow else (13, 3.8))
+    fig = plt.figure(figsize=(PHONE_IN - 0.3, 4.0) if narrow else (13, 3.8))
     for i, (title, (samples, channels)) in enumerate(NORM_AXES.items()):
         ax = fig.add_subplot(2, 2, i + 1, projection="3d") if narrow else fig.add_subplot(1, 4, i + 1, projection="3d")
         mask = np.zeros((n, c, hw), bool)
         mask[samples, channels, :] = True
         colors = np.where(mask[..., None], [0.12, 0.47, 0.71, 1.0], [0.93, 0.93, 0.93, 1.0])
         ax.voxels(np.ones(mask.shape, bool), facecolors=colors, edgecolor=(0.35, 0.35, 0.35, 0.6), linewidth=0.4)
-        ax.set_xlabel("N (batch)", labelpad=-12)
-        ax.set_ylabel("C (channels)", labelpad=-12)
-        ax.set_zlabel("H, W", labelpad=-12)
+        ax.set_xlabel("N", labelpad=-14) if narrow else ax.set_xlabel("N (batch)", labelpad=-12)
+        ax.set_ylabel("C", labelpad=-14) if narrow else ax.set_ylabel("C (channels)", labelpad=-12)
+        ax.set_zlabel("H, W", labelpad=-14 if narrow else -12)
         ax.set_xticks([]), ax.set_yticks([]), ax.set_zticks([])
-        ax.set_title(title, fontsize=12 if narrow else 11)
+        ax.set_title(title.split("\n")[0] if narrow else title, fontsize=MIN_PT if narrow else 11)
         ax.view_init(elev=22, azim=-58)
         ax.set_box_aspect(mask.shape, zoom=0.9)
     fig.tight_layout()
@@ -127,21 +127,22 @@ def norm_input(norm: str, data, images: int = 64):
 
 
 def norm_table():
-    """Per norm: what it normalizes over, its learnable and running parameters, how many statistics one
-    forward pass computes at batch 128 and 1, and whether training and evaluation agree."""
+    """Per norm (a column each): what it normalizes over, its learnable and running parameters, how many
+    statistics one forward pass computes at batch 128 and 1, and whether training and evaluation agree."""
     import pandas as pd
     over = {"bn": "N, H, W (per channel)", "gn": "C/G, H, W (per sample, group)", "ln": "C, H, W (per sample)"}
-    rows = []
+    columns = {}
     for norm in lib.NORMS:
         model = lib.build_model(norm)
         norms = [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm))]
-        rows.append({"norm": lib.NORM_NAMES[norm], "normalized over": over[norm],
-                     "learnable γ, β": sum(p.numel() for m in norms for p in m.parameters()),
-                     "running averages (buffers)": sum(b.numel() for name, b in model.named_buffers() if "running" in name),
-                     "statistics per forward, batch 128": lib.norm_statistics(model, 128),
-                     "statistics per forward, batch 1": lib.norm_statistics(model, 1),
-                     "same in train and eval": norm != "bn", "total parameters": lib.count_params(model)})
-    return pd.DataFrame(rows).set_index("norm")
+        counts = {"learnable γ, β": sum(p.numel() for m in norms for p in m.parameters()),
+                  "running averages (buffers)": sum(b.numel() for name, b in model.named_buffers() if "running" in name),
+                  "statistics per forward, batch 128": lib.norm_statistics(model, 128),
+                  "statistics per forward, batch 1": lib.norm_statistics(model, 1)}
+        columns[short_name(norm)] = {"normalized over": over[norm], **{k: f"{v:,}" for k, v in counts.items()},
+                                     "same in train and eval": "no" if norm == "bn" else "yes",
+                                     "total parameters": f"{lib.count_params(model):,}"}
+    return pd.DataFrame(columns)
 
 
 def network_numbers(models: dict, runs: dict[str, dict]) -> dict:
@@ -229,10 +230,10 @@ def results_numbers(rows: list[dict], cms: dict[str, torch.Tensor]) -> dict:
             "top_pair": " and ".join(sorted(f"{lib.CLASSES[a]} ↔ {lib.CLASSES[b]}" for a, b in pairs))}
 
 
-def misclassified_figure(norm: str, test_x: torch.Tensor, prediction: dict):
+def misclassified_figure(norm: str, test_x: torch.Tensor, prediction: dict, narrow: bool = False):
     """The 5x2 grid of one model's ten most confident mistakes over the whole test set."""
     return plot_misclassified(test_x, lib.misclassified(prediction["probs"], prediction["labels"]),
-                              title=f"{lib.NORM_NAMES[norm]}: its 10 most confident mistakes")
+                              title=f"{lib.NORM_NAMES[norm]}: its 10 most confident mistakes", narrow=narrow)
 
 
 def agreement(predictions: dict[str, dict]) -> dict:
@@ -251,7 +252,7 @@ def agreement(predictions: dict[str, dict]) -> dict:
     return dict(text=text, numbers=dict(all_right=f"{all_right:,}", all_wrong=f"{all_wrong:,}"))
 
 
-def plot_disagreements(test_x: torch.Tensor, predictions: dict[str, dict], k: int = 10):
+def plot_disagreements(test_x: torch.Tensor, predictions: dict[str, dict], k: int = 10, narrow: bool = False):
     """The k test images on which the three make three different predictions, most confident first."""
     import matplotlib.pyplot as plt
     labels = predictions["bn"]["labels"]
@@ -259,22 +260,24 @@ def plot_disagreements(test_x: torch.Tensor, predictions: dict[str, dict], k: in
     differ = ((preds[0] != preds[1]) & (preds[1] != preds[2]) & (preds[0] != preds[2])).nonzero().flatten()
     confidence = torch.stack([predictions[n]["probs"].max(1).values for n in lib.NORMS]).min(0).values
     chosen = differ[confidence[differ].argsort(descending=True)][:k]
-    fig, axes = plt.subplots(2, 5, figsize=(10, 6))
+    fig, axes = plt.subplots(5, 2, figsize=(PHONE_IN - 0.35, 11)) if narrow else plt.subplots(2, 5, figsize=(10, 6))
     for ax, i in zip(axes.flat, chosen.tolist()):
         ax.imshow(test_x[i].permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_title(f"true: {lib.CLASSES[labels[i]]}\n" + "\n".join(
-            f"{n.upper()}: {lib.CLASSES[preds[j, i]]}" for j, n in enumerate(lib.NORMS)), fontsize=10)
+            f"{n.upper()}: {lib.CLASSES[preds[j, i]]}" for j, n in enumerate(lib.NORMS)), fontsize=MIN_PT if narrow else 10)
     for ax in axes.flat:
         ax.axis("off")
-    fig.suptitle("Test images on which BN, GN and LN make three different predictions", fontsize=12)
+    fig.suptitle("Images on which BN, GN and LN\nmake three different predictions" if narrow else
+                 "Test images on which BN, GN and LN make three different predictions", fontsize=10.5 if narrow else 12)
     fig.tight_layout()
     return fig
 
 
-def confusion_figure(norm: str, cm: torch.Tensor):
+def confusion_figure(norm: str, cm: torch.Tensor, narrow: bool = False):
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.4, 5.6))
-    plot_confusion(cm, title=f"{lib.NORM_NAMES[norm]} (seed 0)", ax=ax)
+    fig, ax = plt.subplots(figsize=(PHONE_IN - 0.2, 3.9) if narrow else (6.4, 5.6))
+    plot_confusion(cm, title=f"{lib.NORM_NAMES[norm]} (seed 0)", ax=ax, narrow=narrow)
+    fig.tight_layout()
     return fig
 
 
@@ -284,11 +287,23 @@ def per_class_table(cms: dict[str, torch.Tensor]):
     return pd.DataFrame({n.upper(): per_class_accuracy(cm) for n, cm in cms.items()}, index=lib.CLASSES)
 
 
-def plot_per_class(per_class):
-    ax = per_class.plot.bar(figsize=(10, 4.2), color=[COLORS[c.lower()] for c in per_class.columns], width=0.8)
-    ax.set(ylabel="test accuracy (%)", ylim=(max(0, per_class.values.min() - 10), 100), title="Per-class test accuracy")
-    ax.legend(loc="lower center", ncol=3, bbox_to_anchor=(0.5, 1.08), frameon=False)
-    return ax.figure
+def plot_per_class(per_class, narrow: bool = False):
+    """Per-class test accuracy, one bar per norm (narrow: horizontal bars, classes down the side)."""
+    import matplotlib.pyplot as plt
+    colors = [COLORS[c.lower()] for c in per_class.columns]
+    lo = max(0, per_class.values.min() - 10)
+    if narrow:
+        fig, ax = plt.subplots(figsize=(PHONE_IN, 6.2))
+        per_class.iloc[::-1].plot.barh(ax=ax, color=colors, width=0.8)
+        ax.set(xlabel="test accuracy (%)", xlim=(lo, 100), title="Per-class test accuracy")
+        ax.legend(loc="lower center", ncol=3, bbox_to_anchor=(0.5, 1.04), frameon=False, handlelength=1.2)
+    else:
+        fig, ax = plt.subplots(figsize=(10, 4.2))
+        per_class.plot.bar(ax=ax, color=colors, width=0.8)
+        ax.set(ylabel="test accuracy (%)", ylim=(lo, 100), title="Per-class test accuracy")
+        ax.legend(loc="lower center", ncol=3, bbox_to_anchor=(0.5, 1.08), frameon=False)
+    fig.tight_layout()
+    return fig
 
 
 def findings_list(findings: list[dict]) -> str:
@@ -360,22 +375,35 @@ def findings() -> list[dict]:
 COLORS = {"bn": "#1f77b4", "gn": "#2ca02c", "ln": "#d62728"}
 
 
+MIN_PT = 9            # no text in a figure is smaller: in a phone design it renders as large as the page's small print
+PHONE_IN = 3.2        # the width of a phone design in inches: 9 pt there is 14 px in a 358 px column
+PHONE_RC = {"font.size": 10, "axes.titlesize": 10.5, "axes.labelsize": 10, "xtick.labelsize": 9, "ytick.labelsize": 9,
+            "legend.fontsize": 9, "legend.title_fontsize": 9, "figure.titlesize": 11}
+
+
 def style():
     """One look for every figure in the book."""
     import matplotlib.pyplot as plt
     import seaborn as sns
-    sns.set_theme(context="notebook", style="whitegrid", font_scale=1.15)   # legible in a phone's column
+    sns.set_theme(context="notebook", style="whitegrid", font_scale=1.15)
     plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "savefig.bbox": "tight"})
 
 
-def plot_curves(runs: list[dict], title: str = "", seeds: dict[str, list[dict]] | None = None, last: int = 6):
+def plot_curves(runs: list[dict], title: str = "", seeds: dict[str, list[dict]] | None = None, last: int = 6,
+                narrow: bool = False):
     """Loss and accuracy per epoch, train (dashed) and test (solid), one colour per norm; with `seeds`
-    (norm -> runs), a third panel zooms into the last epochs' test accuracy with the band over seeds."""
+    (norm -> runs), a third panel zooms into the last epochs' test accuracy with the band over seeds.
+    narrow: the panels stacked, one legend below them."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
-    fig = plt.figure(figsize=(10, 7.6 if seeds else 4))
-    grid = fig.add_gridspec(2 if seeds else 1, 2)
-    axes = [fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])] + ([fig.add_subplot(grid[1, :])] if seeds else [])
+    panels = 3 if seeds else 2
+    if narrow:
+        fig, axes = plt.subplots(panels, 1, figsize=(PHONE_IN, 2.5 * panels + 0.9))
+        axes = list(axes)
+    else:
+        fig = plt.figure(figsize=(10, 7.6 if seeds else 4))
+        grid = fig.add_gridspec(2 if seeds else 1, 2)
+        axes = [fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])] + ([fig.add_subplot(grid[1, :])] if seeds else [])
     for m in runs:
         ep = [h["epoch"] for h in m["history"]]
         c, label = COLORS.get(m["norm"]), m["norm"].upper()
@@ -389,15 +417,21 @@ def plot_curves(runs: list[dict], title: str = "", seeds: dict[str, list[dict]] 
         axes[2].plot(ep, acc.mean(0), "o-", color=COLORS[norm], label=f"{norm.upper()} (mean, {len(group)} seeds)")
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0].set(xlabel="epoch", ylabel="cross-entropy (label smoothing 0.1)", title="Loss")
+    axes[0].set(xlabel="epoch", ylabel="cross-entropy" if narrow else "cross-entropy (label smoothing 0.1)", title="Loss")
     axes[1].set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
-    axes[1].legend(ncol=len(runs), fontsize=8, loc="lower right")
     if seeds:
-        axes[2].set(xlabel="epoch", ylabel="test accuracy (%)", title=f"Test accuracy, last {last} epochs (band: seeds)")
-        axes[2].legend(fontsize=8, loc="lower right")
+        axes[2].set(xlabel="epoch", ylabel="test accuracy (%)",
+                    title=f"Test accuracy, last {last} epochs" + ("\n" if narrow else " ") + "(band: seeds)")
+    if narrow:
+        fig.legend(*axes[1].get_legend_handles_labels(), loc="lower center", ncol=len(runs), frameon=False,
+                   handlelength=1.6, columnspacing=0.8)
+    else:
+        axes[1].legend(ncol=len(runs), fontsize=MIN_PT, loc="lower right")
+        if seeds:
+            axes[2].legend(fontsize=MIN_PT, loc="lower right")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.75 / (2.5 * panels + 0.9), 1, 1) if narrow else (0, 0, 1, 1))
     return fig
 
 
@@ -406,7 +440,7 @@ def plot_answer(rows: list[dict], batch: dict, narrow: bool = False):
     change from its own batch-128 accuracy in the batch-size sweep (mean over seeds, bars: lowest to
     highest seed). narrow: the two panels stacked, for a phone's column."""
     import matplotlib.pyplot as plt
-    fig, (left, right) = plt.subplots(2 if narrow else 1, 1 if narrow else 2, figsize=(4.8, 6.6) if narrow else (9, 3.6),
+    fig, (left, right) = plt.subplots(2 if narrow else 1, 1 if narrow else 2, figsize=(PHONE_IN, 6.4) if narrow else (9, 3.6),
                                       gridspec_kw=dict(height_ratios=(1, 1.2)) if narrow else dict(width_ratios=(1, 1.5)))
     for i, r in enumerate(rows):
         accs = [m["final_test_acc"] for m in seed_runs(main_runs()[r["norm"]])]
@@ -438,11 +472,11 @@ def plot_batch_changes(batch: dict, ax):
     ax.set(xlabel="batch size", ylabel="change from batch 128 (points)", title="Smaller batches")
 
 
-def plot_batch_sweep(batch: dict, control: dict | None = None):
+def plot_batch_sweep(batch: dict, control: dict | None = None, narrow: bool = False):
     """Test accuracy against batch size (mean, bars: seeds); with `control` (step_control's runs: norm ->
     point), hollow markers at batch 128 for twice the epochs."""
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    fig, ax = plt.subplots(figsize=(PHONE_IN, 3.4) if narrow else (5.2, 4.2))
     for norm in lib.NORMS:
         pts = [r for r in batch["rows"] if r["norm"] == norm and r["n"]]
         ax.errorbar([r["batch"] for r in pts], [r["mean"] for r in pts], yerr=[[r["mean"] - r["lo"] for r in pts],
@@ -454,25 +488,25 @@ def plot_batch_sweep(batch: dict, control: dict | None = None):
             ax.plot([128 * 1.15], [control[norm]["mean"]], "D", mfc="none", color=COLORS[norm], ms=8)
     ax.set_xscale("log", base=2)
     ax.set_xticks(BATCHES, [str(b) for b in BATCHES])
-    ax.set_xlim(BATCHES[0] / 2.2, BATCHES[-1] * 1.5)
+    ax.set_xlim(BATCHES[0] / (3 if narrow else 2.2), BATCHES[-1] * 1.5)
     ax.set(xlabel="batch size", ylabel="test accuracy (%)",
            title="Test accuracy by batch size" + ("\n(◇: batch 128, twice the epochs)" if control else ""))
     fig.tight_layout()
     return fig
 
 
-def plot_bn_noise(ghosts: list[dict], frozen: dict):
+def plot_bn_noise(ghosts: list[dict], frozen: dict, narrow: bool = False):
     """BN's change from batch 128 when its statistics come from n images: ghost batches inside batch 128,
     and real batches of n; the frozen-statistics run as a line across, if it finished."""
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    fig, ax = plt.subplots(figsize=(PHONE_IN, 3.6) if narrow else (5.2, 4.2))
     series = {}
     for key in ("ghost_change", "batch_change"):
         pts = [(g["images"], g[key]) for g in ghosts if g[key]["n"] or g["images"] == 128]
         series[key] = ([n for n, _ in pts], [0.0 if n == 128 else p["change"] for n, p in pts],
                        [[0.0 if n == 128 else p["change"] - p["lo"] for n, p in pts],
                         [0.0 if n == 128 else p["hi"] - p["change"] for n, p in pts]])
-    labels = {"ghost_change": "ghost batch in batch 128", "batch_change": "real batch (LR scaled)"}
+    labels = {"ghost_change": "ghost batch in batch 128", "batch_change": "real batch" if narrow else "real batch (LR scaled)"}
     mid = {k: dict(zip(x, y)) for k, (x, y, _) in series.items()}
     common = sorted(set(mid["ghost_change"]) & set(mid["batch_change"]) - {128})
     at = common[len(common) // 2] if common else None
@@ -482,81 +516,105 @@ def plot_bn_noise(ghosts: list[dict], frozen: dict):
                     alpha=1 if key == "ghost_change" else 0.55)
         if at in mid[key]:              # labelled at a middle point: the upper line above it, the lower below
             ax.annotate(labels[key], (at, mid[key][at]), xytext=(0, 9 if key == upper else -11), textcoords="offset points",
-                        ha="center", va="bottom" if key == upper else "top", color=COLORS["bn"], fontsize=10)
+                        ha="center", va="bottom" if key == upper else "top", color=COLORS["bn"], fontsize=MIN_PT if narrow else 10)
     if frozen["n"]:
         ax.axhline(frozen["change"], color="0.35", ls=":", lw=1.5)
-        ax.annotate("statistics frozen after warm-up", (ghosts[0]["images"], frozen["change"]), xytext=(0, 4),
-                    textcoords="offset points", fontsize=10, color="0.35")
+        ax.annotate("frozen after warm-up" if narrow else "statistics frozen after warm-up", (ghosts[0]["images"], frozen["change"]),
+                    xytext=(0, 4), textcoords="offset points", fontsize=MIN_PT if narrow else 10, color="0.35")
     ax.axhline(0, color="0.5", lw=0.8)
     lo, hi = ax.get_ylim()
     ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.15 * (hi - lo))          # room for the labels
     ax.set_xscale("log", base=2)
     xs = [g["images"] for g in ghosts]
     ax.set_xticks(xs, [str(n) for n in xs])
-    ax.set(xlabel="images in BatchNorm's statistics", ylabel="change from batch 128 (points)",
+    ax.set(xlabel="images in BatchNorm's statistics", ylabel="change from batch 128" + ("" if narrow else " (points)"),
            title="BatchNorm: noisier statistics")
     fig.tight_layout()
     return fig
 
 
-def plot_group_sweep(rows: list[dict]):
+def plot_group_sweep(rows: list[dict], narrow: bool = False):
     """GroupNorm's test accuracy per group count, by channels per group (mean, bars: seeds)."""
     import matplotlib.pyplot as plt
     labels = {"1": "1\nLN", "C/4": "C/4", "C/2": "C/2", "C/1": "C/1\nIN"}
     pts = [r for r in rows if r["n"]]
-    fig, ax = plt.subplots(figsize=(5.2, 4.0))
+    fig, ax = plt.subplots(figsize=(PHONE_IN, 3.3) if narrow else (5.2, 4.0))
     ax.errorbar(range(len(pts)), [r["mean"] for r in pts], yerr=[[r["mean"] - r["lo"] for r in pts],
                 [r["hi"] - r["mean"] for r in pts]], fmt="o-", capsize=3, color=COLORS["gn"])
     ax.set_xticks(range(len(pts)), [labels.get(r["groups"], r["groups"]) for r in pts])
-    ax.set(xlabel="groups G (fewer channels per group →)", ylabel="test accuracy (%)", title="GroupNorm by group count")
+    ax.set(xlabel="groups G" + ("" if narrow else " (fewer channels per group →)"), ylabel="test accuracy (%)",
+           title="GroupNorm by group count")
     fig.tight_layout()
     return fig
 
 
-def responsive(name: str, wide, narrow, alt: str):
-    """Save a figure in two designs, book/figures/<name>.png for a desktop column and <name>_phone.png
-    for a phone's, and show the one that fits the screen (an HTML <picture>; the README uses the first)."""
-    import base64
+def smallest_text_pt(fig) -> float:
+    """The size in points of the smallest text a figure shows (titles, labels, ticks, legends, annotations)."""
+    import matplotlib.text
+    fig.canvas.draw()                                 # ticks and their labels exist only once drawn
+    sizes = [t.get_fontsize() for t in fig.findobj(matplotlib.text.Text)
+             if t.get_visible() and t.get_text().strip() and t.get_figure() is not None]
+    return min(sizes, default=float("inf"))
+
+
+def png_bytes(fig, name: str) -> bytes:
+    """The figure as PNG, with its smallest text size recorded (metadata MinFontPt, which the browser test
+    reads); refuses a figure with text below MIN_PT."""
     import io
-    from IPython.display import HTML
-    save_figure(wide, name)
-    save_figure(narrow, f"{name}_phone")
-    def uri(fig):
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    pt = smallest_text_pt(fig)
+    if pt < MIN_PT:
+        raise lib.NormbookError(f"figure {name} has text at {pt:g} pt, below the {MIN_PT} pt a phone's column needs")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"MinFontPt": f"{pt:g}"})
+    return buf.getvalue()
+
+
+def figure(name: str, draw, alt: str):
+    """A figure in two designs: draw(narrow=False) for a desktop column, saved as figures_dir()/<name>.png
+    (the README shows it), and draw(narrow=True) for a phone's, PHONE_IN wide, saved as <name>_phone.png;
+    the page shows the one that fits the screen (an HTML <picture>)."""
+    import base64
     import matplotlib.pyplot as plt
-    html = (f'<picture class="responsive"><source media="(max-width: 640px)" srcset="{uri(narrow)}">'
-            f'<img src="{uri(wide)}" alt="{alt}" style="max-width: 100%; height: auto"></picture>')
+    from IPython.display import HTML
+    wide = draw(narrow=False)
+    png = {name: png_bytes(wide, name)}
+    with plt.rc_context(PHONE_RC):
+        narrow = draw(narrow=True)
+        png[f"{name}_phone"] = png_bytes(narrow, f"{name}_phone")
     plt.close(wide)
     plt.close(narrow)
-    return HTML(html)
+    for key, data in png.items():
+        lib.atomic_write(figures_dir() / f"{key}.png", lambda f, data=data: f.write(data))
+    uri = {k: "data:image/png;base64," + base64.b64encode(v).decode() for k, v in png.items()}
+    return HTML(f'<picture class="responsive"><source media="(max-width: 640px)" srcset="{uri[name + "_phone"]}">'
+                f'<img src="{uri[name]}" alt="{alt}" style="max-width: 100%; height: auto"></picture>')
 
 
-def plot_misclassified(x_uint8: torch.Tensor, mistakes: list[dict], title: str = ""):
-    """A 5x2 grid (5 columns, 2 rows) of misclassified images, each with true, predicted, confidence."""
+def plot_misclassified(x_uint8: torch.Tensor, mistakes: list[dict], title: str = "", narrow: bool = False):
+    """A 5x2 grid (5 columns, 2 rows; narrow: 2 columns, 5 rows) of misclassified images, each with its
+    true class, the prediction and the model's confidence in it."""
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, 5, figsize=(10, 5.4))
+    fig, axes = plt.subplots(5, 2, figsize=(PHONE_IN, 9.2)) if narrow else plt.subplots(2, 5, figsize=(10, 5.4))
     for ax, m in zip(axes.flat, mistakes):
         ax.imshow(x_uint8[m["index"]].permute(1, 2, 0).numpy(), interpolation="nearest")
-        ax.set_title(f"true: {m['true']}\npred: {m['pred']} ({100 * m['confidence']:.0f}%)", fontsize=11)
+        ax.set_title(f"true: {m['true']}\npred: {m['pred']} ({100 * m['confidence']:.0f}%)", fontsize=MIN_PT if narrow else 11)
     for ax in axes.flat:
         ax.axis("off")
     if title:
-        fig.suptitle(title, fontsize=13)
+        fig.suptitle(title.replace(": ", ":\n") if narrow else title, fontsize=10.5 if narrow else 13)
     fig.tight_layout()
     return fig
 
 
-def plot_confusion(cm: torch.Tensor, title: str = "", ax=None):
+def plot_confusion(cm: torch.Tensor, title: str = "", ax=None, narrow: bool = False):
     """Row-normalised confusion matrix in % (each row: where that class's test images went)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
     if ax is None:
-        _, ax = plt.subplots(figsize=(6.4, 5.6))
+        _, ax = plt.subplots(figsize=(PHONE_IN - 0.2, 3.9) if narrow else (6.4, 5.6))
     pct = 100.0 * cm.float() / cm.sum(1, keepdim=True).clamp_min(1).float()
     sns.heatmap(pct.numpy(), annot=True, fmt=".0f", cmap="Blues", cbar=False, ax=ax, vmax=30,
-                xticklabels=lib.CLASSES, yticklabels=lib.CLASSES, annot_kws={"fontsize": 10})
+                xticklabels=lib.CLASSES, yticklabels=lib.CLASSES, annot_kws={"fontsize": MIN_PT if narrow else 10})
     ax.set(xlabel="predicted", ylabel="true", title=title)
     return ax
 
@@ -570,10 +628,9 @@ def figures_dir():
 
 
 def save_figure(fig, name: str) -> None:
-    """Save to figures_dir()/<name>.png, atomically."""
-    folder = figures_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    lib.atomic_write(folder / f"{name}.png", lambda f: fig.savefig(f, format="png"))
+    """Save one design of a figure to figures_dir()/<name>.png, atomically (figure() saves both)."""
+    data = png_bytes(fig, name)
+    lib.atomic_write(figures_dir() / f"{name}.png", lambda f: f.write(data))
 
 
 def table(df, formats: dict | None = None, precision: int = 2):
@@ -631,12 +688,12 @@ def _mean_over(rob: list[dict], norm: str, get) -> float:
     return statistics.mean(get(r) for r in rob if r["norm"] == norm)
 
 
-def shifted_inputs(rob: list[dict]) -> dict:
-    """Section 1a: accuracy when the input is multiplied by a (contrast) or shifted (brightness): the figure,
-    the table by a with the largest logit change when the input doubles, and the numbers the prose quotes."""
+def plot_shifted_inputs(rob: list[dict], narrow: bool = False):
+    """Accuracy when the input is multiplied by a (contrast) and when a brightness is added (mean over seeds,
+    band: lowest to highest seed); narrow: the two panels stacked."""
     import matplotlib.pyplot as plt
     scale, bright = seed_stats(rob, "scale"), seed_stats(rob, "brightness")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig, axes = plt.subplots(2, 1, figsize=(PHONE_IN, 6.0)) if narrow else plt.subplots(1, 2, figsize=(10, 3.4))
     for ax, stats in zip(axes, (scale, bright)):
         x = [float(a) for a in stats["mean"].index]
         for n in lib.NORMS:
@@ -646,42 +703,60 @@ def shifted_inputs(rob: list[dict]) -> dict:
     axes[0].set_xscale("log", base=2)
     axes[0].set_xticks(x, [f"{a:g}" for a in x])
     axes[0].set(xlabel="input multiplied by a", ylabel="test accuracy (%)", title="Contrast")
-    axes[0].legend(fontsize=9)
-    axes[1].set(xlabel="brightness added to the raw image ([0, 1] units)", ylabel="test accuracy (%)", title="Brightness")
+    axes[0].legend(fontsize=MIN_PT if narrow else 9)
+    axes[1].set(xlabel="brightness added to the raw image" + ("\n" if narrow else " ") + "([0, 1] units)",
+                ylabel="test accuracy (%)", title="Brightness")
     fig.tight_layout()
+    return fig
+
+
+def shifted_inputs(rob: list[dict]) -> dict:
+    """Section 1a: the table of accuracy by contrast factor a with the largest logit change when the input
+    doubles, and the numbers the prose quotes."""
+    scale = seed_stats(rob, "scale")
     invariance = {n: max(r["max_logit_change_scale_2"] for r in rob if r["norm"] == n) for n in lib.NORMS}
     table = scale["mean"].T.rename(columns=lambda a: f"a = {float(a):g}")
     table["largest logit change, a = 1 → 2"] = [invariance[n] for n in table.index]
     table.index = [short_name(n) for n in table.index]
     numbers = dict(bn_scale_4=f"{scale['mean'].loc['4.0', 'bn']:.1f}", bn_scale_025=f"{scale['mean'].loc['0.25', 'bn']:.1f}",
                    gnln_logit=f"{max(invariance['gn'], invariance['ln']):.1e}", bn_logit=f"{invariance['bn']:.1f}")
-    return dict(figure=fig, table=table, numbers=numbers)
+    return dict(table=table, numbers=numbers)
+
+
+def plot_corruptions(rob: list[dict], narrow: bool = False):
+    """Accuracy under each corruption against its severity (mean over seeds): 2 x 3 panels (narrow: 3 x 2)."""
+    import matplotlib.pyplot as plt
+    import robustness
+    corr = seed_stats(rob, "corruptions")["mean"]
+    fig, axes = plt.subplots(3, 2, figsize=(PHONE_IN, 7.4), sharey=True) if narrow else \
+        plt.subplots(2, 3, figsize=(7.6, 5.6), sharey=True)
+    for ax, name in zip(axes.flat, robustness.CORRUPTIONS):
+        for n in lib.NORMS:
+            ax.plot(robustness.SEVERITIES, [corr.loc[f"{name}/{s}", n] for s in robustness.SEVERITIES], "o-",
+                    color=COLORS[n], label=SHORT[n] if narrow else short_name(n), ms=4 if narrow else 6)
+        ax.set(title=name, xticks=robustness.SEVERITIES)
+    for ax in axes[-1]:
+        ax.set_xlabel("severity")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy (%)" if narrow else "test accuracy (%)")
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=len(lib.NORMS), frameon=False)
+    fig.tight_layout(rect=(0, 0.05 if narrow else 0.06, 1, 1))
+    return fig
 
 
 def corruptions(rob: list[dict]) -> dict:
-    """Section 1b: accuracy under each corruption and severity (figure), per corruption averaged over the
-    severities (table, with the mean corruption accuracy and clean accuracy), and the numbers quoted."""
-    import matplotlib.pyplot as plt
+    """Section 1b: accuracy per corruption averaged over the severities (table, with the mean corruption
+    accuracy and clean accuracy), and the numbers quoted."""
     import pandas as pd
     import robustness
     corr, names = seed_stats(rob, "corruptions")["mean"], list(robustness.CORRUPTIONS)
-    fig, axes = plt.subplots(2, 3, figsize=(7.6, 5.6), sharey=True)          # narrow: legible on a phone
-    for ax, name in zip(axes.flat, names):
-        for n in lib.NORMS:
-            ax.plot(robustness.SEVERITIES, [corr.loc[f"{name}/{s}", n] for s in robustness.SEVERITIES], "o-",
-                    color=COLORS[n], label=short_name(n))
-        ax.set(title=name, xlabel="severity", xticks=robustness.SEVERITIES)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("test accuracy (%)")
-    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=len(lib.NORMS), frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
     table = pd.DataFrame({short_name(n): [corr.loc[[f"{c}/{s}" for s in robustness.SEVERITIES], n].mean() for c in names]
                           for n in lib.NORMS}, index=names)
     table.loc["mean corruption accuracy"] = table.mean()
     table.loc["clean"] = [_mean_over(rob, n, lambda r: r["clean_acc"]) for n in lib.NORMS]
     numbers = dict(mca=", ".join(f"{k} {v:.2f} %" for k, v in table.loc["mean corruption accuracy"].items()),
                    contrast_sev5=", ".join(f"{short_name(n)} {corr.loc['contrast/5', n]:.1f} %" for n in lib.NORMS))
-    return dict(figure=fig, table=table, numbers=numbers)
+    return dict(table=table, numbers=numbers)
 
 
 def adabn(rob: list[dict]) -> dict:
@@ -747,27 +822,31 @@ def effective_lr(trace: dict, layer: str):
     return np.array(trace["lr"]) / np.array(trace["layers"][layer]["weight_norm"]) ** 2
 
 
-def plot_trace(traced: dict[str, dict], key: str, ylabel: str, title: str, log: bool = False):
-    """One panel per norm, one line per norm layer (colour: depth) of a traced quantity over training; key
-    'effective_lr' plots effective_lr."""
+def plot_trace(traced: dict[str, dict], key: str, ylabel: str, title: str, log: bool = False, narrow: bool = False):
+    """One panel per norm (narrow: stacked), one line per norm layer (colour: depth) of a traced quantity
+    over training; key 'effective_lr' plots effective_lr."""
     import matplotlib.pyplot as plt
     import numpy as np
     layers = list(traced["bn"]["layers"])
-    fig, axes = plt.subplots(1, 3, figsize=(7.6, 3.4), sharey=True)        # narrow: legible on a phone
+    fig, axes = plt.subplots(3, 1, figsize=(PHONE_IN, 7.6), sharex=True, sharey=True) if narrow else \
+        plt.subplots(1, 3, figsize=(7.6, 3.4), sharey=True)
     cmap = plt.get_cmap("viridis")
     for ax, n in zip(axes, lib.NORMS):
         t = traced[n]
         for i, name in enumerate(layers):
             y = effective_lr(t, name) if key == "effective_lr" else np.array(t["layers"][name][key])
             ax.plot(t["epoch"], y, color=cmap(i / (len(layers) - 1)), label=name, lw=1.2)
-        ax.set(title=short_name(n), xlabel="epoch")
+        ax.set(title=short_name(n))
         if log:
             ax.set_yscale("log")
-    axes[0].set_ylabel(ylabel)
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(layers), frameon=False,
-               handlelength=1.2, columnspacing=0.9, fontsize=10)
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    for ax in ([axes[-1]] if narrow else axes):
+        ax.set_xlabel("epoch")
+    for ax in (axes if narrow else [axes[0]]):
+        ax.set_ylabel(ylabel)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=4 if narrow else len(layers),
+               frameon=False, handlelength=1.2, columnspacing=0.9, fontsize=MIN_PT if narrow else 10)
+    fig.suptitle(title.replace(" of each", "\nof each") if narrow else title)
+    fig.tight_layout(rect=(0, 0.09 if narrow else 0.07, 1, 1))
     return fig
 
 
@@ -1006,12 +1085,11 @@ def data_table(runs: list[dict]):
 
 
 def runs_table(runs: list[dict]):
-    """Per run: how it was trained (seed, epochs, batch, precision, device, threads, torch), its time and
+    """Per run (its seed in its name): how it was trained (epochs, batch, precision, device, torch), its time and
     final test accuracy, and whether it carries a layer trace."""
     import pandas as pd
-    return pd.DataFrame([{"run": m["run"], "seed": m["seed"], "epochs": m["epochs"], "batch": m["batch_size"],
-                          "precision": m["precision"], "device": m["device"], "threads": m["threads"],
-                          "torch": m["torch"], "minutes": m["seconds"] / 60, "traced": "trace" in m,
+    return pd.DataFrame([{"run": m["run"], "epochs": m["epochs"], "batch": m["batch_size"],
+                          "precision": m["precision"], "device": m["device"], "torch": m["torch"], "minutes": m["seconds"] / 60, "traced": "trace" in m,
                           "final test acc. (%)": m["final_test_acc"]} for m in runs]).set_index("run")
 
 
@@ -1079,7 +1157,7 @@ def tried_table(v: dict, skip=("levers-screen", "levers-confirm")):
         base = plan["baseline"]
         rows.append({"change": name, "mean gain": mean, "± threshold": bar,
                      "verdict": "clear gain" if mean > bar else "clear loss" if mean < -bar else "within noise",
-                     "runs": len(deltas), "norms": " ".join(sorted({r["norm"].upper() for r in runs})),
+                     "runs": len(deltas),
                      "device": plan["device"].upper().replace("CUDA", "GPU"),
                      "started from": ", ".join([lib.ACTIVATION_NAMES[base.get("activation", lib.RECIPE["activation"])],
                                                 "shortcuts" if base.get("shortcuts", True) else "no shortcuts"]),
@@ -1087,17 +1165,30 @@ def tried_table(v: dict, skip=("levers-screen", "levers-confirm")):
     return pd.DataFrame(rows).set_index("change")
 
 
-def plot_first_changes(v: dict):
-    """The first experiment's changes run by run, against the band of the noise."""
+def plot_first_changes(v: dict, narrow: bool = False):
+    """The first experiment's changes run by run, against the band of the noise (narrow: each bar's name
+    written above it, so the bars keep the column's width)."""
     import matplotlib.pyplot as plt
     first = sorted((r for r in v["runs"] if r["folder"] == "tune" and r["tuning"] != "recipe"), key=lambda r: r["delta"])
-    fig, ax = plt.subplots(figsize=(7.6, 0.8 + 0.3 * len(first)))
+    names = [f"{r['norm'].upper()} · {r['tuning']}" + (f" (seed {r['seed']})" if r["seed"] else "") for r in first]
+    fig, ax = plt.subplots(figsize=(PHONE_IN, 0.9 + 0.42 * len(first)) if narrow else (7.6, 0.8 + 0.3 * len(first)))
     ax.axvspan(-v["threshold"], v["threshold"], color="0.9", zorder=0)
-    ax.barh([f"{r['norm'].upper()} · {r['tuning']}" + (f" (seed {r['seed']})" if r["seed"] else "") for r in first],
-            [r["delta"] for r in first], color=[COLORS[r["norm"]] for r in first])
+    ax.barh(range(len(first)), [r["delta"] for r in first], color=[COLORS[r["norm"]] for r in first],
+            height=0.45 if narrow else 0.8)
     ax.axvline(0, color="0.3", lw=0.8)
-    ax.set(xlabel="validation accuracy minus the baseline's (points)",
-           title=f"First changes (ReLU, no shortcuts), run by run\ngrey: within noise (±{v['threshold']:.2f})")
+    if narrow:
+        ax.set_yticks([])
+        lo = min(min(r["delta"] for r in first), -v["threshold"]) - 0.3
+        ax.set_xlim(lo, max(max(r["delta"] for r in first), v["threshold"]) + 0.3)
+        for i, name in enumerate(names):
+            ax.text(lo + 0.05, i + 0.3, name, fontsize=MIN_PT, va="bottom")
+        ax.set_ylim(-0.6, len(first) - 0.1)
+    else:
+        ax.set_yticks(range(len(first)), names)
+    ax.set(xlabel="validation accuracy minus\nthe baseline's (points)" if narrow else
+           "validation accuracy minus the baseline's (points)",
+           title=f"First changes (ReLU, no shortcuts),\nrun by run; grey: within noise (±{v['threshold']:.2f})" if narrow else
+           f"First changes (ReLU, no shortcuts), run by run\ngrey: within noise (±{v['threshold']:.2f})")
     fig.tight_layout()
     return fig
 

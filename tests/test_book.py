@@ -1,6 +1,9 @@
 """The site: `jupyter-book build book/` succeeds with warnings as errors, and headless Chromium, at desktop
 and at phone width, sees the answer on the first screen, every image load, every internal link resolve,
 every table padded, and no page wider than the phone."""
+import base64
+import io
+import os
 import re
 import shutil
 import subprocess
@@ -87,20 +90,29 @@ def _check_internal_link(url: str) -> str | None:
     return None
 
 
-SHOTS = ROOT / "_build" / "screenshots"
-
-
 def each_page(site, tmp_path, width, height, pages, label):
-    """Open each page in headless Chromium at this size; yield (page, browser); save a screenshot after."""
+    """Open each page in headless Chromium at this size; yield (page, browser); save a screenshot after, into
+    the folder NORMBOOK_SCREENSHOTS names (to look at them), else into the test's temporary folder."""
     browser = _chromium(tmp_path, width, height)
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    shots = Path(os.environ.get("NORMBOOK_SCREENSHOTS") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
     try:
         for page in pages:
             browser.get((site / f"{page}.html").as_uri())          # returns after the load event
             yield page, browser
-            browser.save_screenshot(str(SHOTS / f"{page.replace('/', '_')}-{label}.png"))
+            browser.save_screenshot(str(shots / f"{page.replace('/', '_')}-{label}.png"))
     finally:
         browser.quit()
+
+
+def png_text_px(src: str, shown_width: float) -> float:
+    """How tall, in CSS px, the smallest text of a figure is drawn: its size in points (MinFontPt, recorded
+    by report.png_bytes) at the PNG's resolution, scaled by the width the page gives the image."""
+    from PIL import Image
+    data = base64.b64decode(src.split(",", 1)[1]) if src.startswith("data:") else Path(unquote(urlparse(src).path)).read_bytes()
+    image = Image.open(io.BytesIO(data))
+    assert "MinFontPt" in image.info, "a figure made without report.figure / report.save_figure (its text size is unknown)"
+    return float(image.info["MinFontPt"]) * image.info["dpi"][0] / 72 * shown_width / image.size[0]
 
 
 def test_desktop_answer_first_images_and_links(site, tmp_path):
@@ -127,9 +139,31 @@ def test_desktop_answer_first_images_and_links(site, tmp_path):
             assert where[1] <= where[2] < 1e9, f"the key figure ({where[2]} px) does not follow the recommendations"
         if page == "results":
             assert len(images) >= 8, f"results page shows only {len(images)} images"
+        wide = browser.execute_script("""return Array.from(document.querySelectorAll('main table.dataframe'))
+            .filter(t => t.scrollWidth > t.clientWidth + 1).map(t => t.querySelector('th, td').textContent.trim())""")
+        assert not wide, f"{page}: tables wider than their box at 1366 px (a column hides): {wide}"
 
 
 def test_phone_pages_do_not_overflow(site, tmp_path):
     for page, browser in each_page(site, tmp_path, 390, 844, ["intro", "results", "why", "tuning"], "phone"):
         width = browser.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
         assert width[0] <= width[1] + 1, f"{page}: the page is {width[0]} px wide on a {width[1]} px phone"
+
+
+# The run pages are the training notebook as it ran (book/train.ipynb executed by papermill): their figures
+# change only when the runs are trained again.
+EXECUTED_BY_TRAINING = {"runs/bn", "runs/gn", "runs/ln"}
+
+
+def test_phone_figures_draw_their_text_no_smaller_than_the_pages_small_print(site, tmp_path):
+    pages = [p for p in CHAPTERS if p not in EXECUTED_BY_TRAINING]
+    for page, browser in each_page(site, tmp_path, 390, 844, pages, "phone-figures"):
+        small, figures = browser.execute_script("""
+            const cell = document.querySelector('main table.dataframe td');
+            const small = cell ? parseFloat(getComputedStyle(cell).fontSize) : 0.85 * parseFloat(getComputedStyle(document.documentElement).fontSize);
+            const imgs = Array.from(document.querySelectorAll('main img')).filter(i => !(i.currentSrc || i.src).includes('/_static/'));
+            return [small, imgs.map(i => [i.currentSrc || i.src, i.clientWidth])];""")
+        for src, shown in figures:
+            px = png_text_px(src, shown)
+            assert px >= small - 0.05, f"{page}: a figure's smallest text is {px:.1f} px on a phone, below the page's " \
+                                       f"small print ({small:.1f} px): {src[:60]}"
