@@ -37,6 +37,7 @@ run:
 	  mkdir -p $$(dirname $$nb); \
 	  tmp=$$(dirname $$nb)/.$$(basename $$nb .ipynb).partial.ipynb; \
 	  $(PAPERMILL) book/train.ipynb $$tmp -p norm $(NORM) -p seed $(SEED) -p data_dir $(DATA) $(ARGS) \
+	    && $(PY) -c 'import sys, publish; publish.tidy_run_page(sys.argv[1])' $$tmp \
 	    && mv $$tmp $$nb && echo "run: wrote $$nb"
 
 ## The three reported runs (seed 0): book/runs/<norm>.ipynb and runs/<norm>-s0/.

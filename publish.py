@@ -98,3 +98,19 @@ def write_colab_cells(paths=None) -> None:
         else:
             nb.cells.insert(0, cell)
         nbformat.write(nb, path)
+
+
+def tidy_run_page(path: str | Path) -> None:
+    """A run page as the book shows it (make run calls this on the executed notebook): papermill's injected
+    parameters cell is removed from the page (the page's settings table says them once) and the model
+    summary folds away behind a toggle. Only cell tags change; no output is touched."""
+    import nbformat
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+        if cell.cell_type == "code" and "summary(model" in cell.source and "hide-output" not in tags:
+            tags.append("hide-output")
+    atomic_write(path, lambda f: f.write((nbformat.writes(nb) + "\n").encode()))

@@ -80,6 +80,23 @@ def most_confused(cm: torch.Tensor) -> tuple[int, int, int]:
     return a, b, int(pairs.max())
 
 
+def run_settings(norm_name: str, epochs: int, batch_size: int, seed: int, precision: str, device: str, data: str,
+                 out_dir: str, main_setting: bool):
+    """A run page's settings, once, as a small table."""
+    import pandas as pd
+    rows = {"norm": norm_name, "epochs": epochs, "batch size": batch_size, "seed": seed, "precision": precision,
+            "device": device, "data": data, "artifacts": f"{out_dir}/" + ("" if main_setting else
+                                                                         " (not trained like the reported runs)")}
+    return pd.DataFrame({"setting": list(rows), "value": [str(v) for v in rows.values()]}).set_index("setting")
+
+
+def recipe_note(recipe: dict) -> str:
+    """Whether a run used the recipe of the reported runs (the tuning appendix lists it), or how it differs."""
+    changed = {k: v for k, v in recipe.items() if lib.RECIPE.get(k) != v}
+    return ("The recipe of the reported runs ([the tuning appendix](../tuning) lists it)." if not changed else
+            "The recipe of the reported runs except " + ", ".join(f"{k} = {v}" for k, v in changed.items()) + ".")
+
+
 # =============================================================================================
 # The theory and network chapters
 # =============================================================================================
@@ -273,10 +290,10 @@ def plot_disagreements(test_x: torch.Tensor, predictions: dict[str, dict], k: in
     return fig
 
 
-def confusion_figure(norm: str, cm: torch.Tensor, narrow: bool = False):
+def confusion_figure(norm: str, cm: torch.Tensor, narrow: bool = False, seed: int = 0):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(PHONE_IN - 0.2, 3.9) if narrow else (6.4, 5.6))
-    plot_confusion(cm, title=f"{lib.NORM_NAMES[norm]} (seed 0)", ax=ax, narrow=narrow)
+    plot_confusion(cm, title=f"{lib.NORM_NAMES[norm]} (seed {seed})", ax=ax, narrow=narrow)
     fig.tight_layout()
     return fig
 
@@ -569,25 +586,32 @@ def png_bytes(fig, name: str) -> bytes:
     return buf.getvalue()
 
 
-def figure(name: str, draw, alt: str):
-    """A figure in two designs: draw(narrow=False) for a desktop column, saved as figures_dir()/<name>.png
-    (the README shows it), and draw(narrow=True) for a phone's, PHONE_IN wide, saved as <name>_phone.png;
-    the page shows the one that fits the screen (an HTML <picture>)."""
+def picture(draw, alt: str, name: str = "figure"):
+    """A figure in its two designs, as an HTML <picture> that picks the one that fits the screen, and the
+    PNG bytes of both ('wide', 'narrow'); nothing is saved (figure() saves them)."""
     import base64
     import matplotlib.pyplot as plt
     from IPython.display import HTML
     wide = draw(narrow=False)
-    png = {name: png_bytes(wide, name)}
+    png = {"wide": png_bytes(wide, name)}
     with plt.rc_context(PHONE_RC):
         narrow = draw(narrow=True)
-        png[f"{name}_phone"] = png_bytes(narrow, f"{name}_phone")
+        png["narrow"] = png_bytes(narrow, f"{name} (phone)")
     plt.close(wide)
     plt.close(narrow)
-    for key, data in png.items():
-        lib.atomic_write(figures_dir() / f"{key}.png", lambda f, data=data: f.write(data))
     uri = {k: "data:image/png;base64," + base64.b64encode(v).decode() for k, v in png.items()}
-    return HTML(f'<picture class="responsive"><source media="(max-width: 640px)" srcset="{uri[name + "_phone"]}">'
-                f'<img src="{uri[name]}" alt="{alt}" style="max-width: 100%; height: auto"></picture>')
+    return HTML(f'<picture class="responsive"><source media="(max-width: 640px)" srcset="{uri["narrow"]}">'
+                f'<img src="{uri["wide"]}" alt="{alt}" style="max-width: 100%; height: auto"></picture>'), png
+
+
+def figure(name: str, draw, alt: str):
+    """A figure in two designs: draw(narrow=False) for a desktop column, saved as figures_dir()/<name>.png
+    (the README shows it), and draw(narrow=True) for a phone's, PHONE_IN wide, saved as <name>_phone.png;
+    the page shows the one that fits the screen (picture)."""
+    html, png = picture(draw, alt, name)
+    for key, data in ((name, png["wide"]), (f"{name}_phone", png["narrow"])):
+        lib.atomic_write(figures_dir() / f"{key}.png", lambda f, data=data: f.write(data))
+    return html
 
 
 def plot_misclassified(x_uint8: torch.Tensor, mistakes: list[dict], title: str = "", narrow: bool = False):
