@@ -923,7 +923,7 @@ def weight_std(folder: str = "runs/weight-std", noise_from: str = "runs/tune") -
         rows.append({"norm": short_name(n),
                      "change per seed " + "/".join(str(r["seed"]) for r in mine): ", ".join(f"{d:+.2f}" for d in deltas[n]) or "—",
                      "mean change (points)": mean, "± threshold": bar,
-                     "verdict": "not run yet" if not mine else "clear gain" if mean > bar else
+                     "verdict": "no runs" if not mine else "clear gain" if mean > bar else
                      "clear loss" if mean < -bar else "within noise"})
     table = pd.DataFrame(rows).set_index("norm")
     planned = len(experiments.planned(folder))
@@ -935,12 +935,12 @@ def weight_std(folder: str = "runs/weight-std", noise_from: str = "runs/tune") -
             f"validation noise of the tuning appendix. Data: {runs[0]['data']}; device: {runs[0]['device']}. ")
     gains = list(table[table.verdict == "clear gain"].index)
     if not changes:
-        text += "No Weight Standardization run has finished yet."
+        text += "No run with Weight Standardization is in the folder."
     elif gains:
         text += "It clears the noise as a gain for: " + ", ".join(gains) + "."
     else:
         text += ("It clears the noise as a gain for no norm." if done == planned else
-                 "So far it clears the noise as a gain for no norm (the runs still to come may change that).")
+                 f"With {done} of its {planned} runs measured, it clears the noise as a gain for no norm.")
     for n in lib.NORMS:
         d = deltas[n]
         if len(d) > 1 and table.verdict[short_name(n)] == "within noise" and (min(d) >= 0.1 or max(d) <= -0.1):
