@@ -17,7 +17,7 @@ import lib
 from conftest import ROOT
 
 CHAPTERS = ["intro", "theory", "architecture", "runs/bn", "runs/gn", "runs/ln", "results", "experiments", "why",
-            "tuning", "performance", "reproducibility"]
+            "tuning", "performance", "reproducibility", "glossary"]
 # Words about how the work was organised, which a reader of the report should never meet outside code.
 INTERNAL = re.compile(r"(?i:\b(?:mission|issues?|sessions?|lent|seed-style|round \d|waits? for|still to (?:run|come)|to-?do|"
                       r"planned|we had set|our targets?|targets? we|so far|not yet|yet to|for now|at the moment|"
