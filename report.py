@@ -26,10 +26,29 @@ def main_runs(seed: int = 0) -> dict[str, dict]:
     return runs
 
 
+def trained_like(r: dict) -> tuple:
+    """What makes two runs of a norm comparable seed to seed: data, epochs, batch, groups, recipe and
+    precision (bf16 and fp32 runs land differently, so they are never averaged together)."""
+    return (r["data"], r["n_train"], r["n_test"], r["epochs"], r["batch_size"], r.get("groups"),
+            tuple(sorted(lib.recorded_recipe(r).items(), key=str)), r["precision"])
+
+
 def seed_runs(m: dict) -> list[dict]:
-    """Every run of m's norm trained like m (same data, epochs, batch, groups and recipe): its error bars."""
-    same = lambda r: (r["n_train"], r["n_test"], r["epochs"], r["batch_size"], r.get("groups"), lib.recorded_recipe(r))
-    return [r for r in lib.load_metrics(f"{m['norm']}-s[0-9]*") if same(r) == same(m)]
+    """Every run of m's norm trained like m: its error bars."""
+    return [r for r in lib.load_metrics(f"{m['norm']}-s[0-9]*") if trained_like(r) == trained_like(m)]
+
+
+def left_out(runs: dict[str, dict]) -> list[str]:
+    """The runs of each norm not trained like its seed-0 run (so left out of its error bars), each with what
+    differs: the page says so rather than average unlike runs."""
+    names = ("data", "training images", "test images", "epochs", "batch size", "groups", "recipe", "precision")
+    out = []
+    for norm, m in runs.items():
+        for r in lib.load_metrics(f"{norm}-s[0-9]*"):
+            if trained_like(r) != trained_like(m):
+                differ = [n for n, a, b in zip(names, trained_like(r), trained_like(m)) if a != b]
+                out.append(f"{norm}-s{r['seed']} ({', '.join(differ)})")
+    return out
 
 
 def summary_rows() -> list[dict]:
@@ -222,9 +241,12 @@ def receptive_field_table(model):
 # =============================================================================================
 
 def measured_on(runs: dict[str, dict]) -> str:
+    """Where the reported runs come from, and which runs the error bars leave out (left_out)."""
+    out = left_out(runs)
     return (f"Measured on: **{'; '.join(sorted({m['data'] for m in runs.values()}))}**, on "
             f"{'; '.join(sorted({m['device'] for m in runs.values()}))}. The offline copy is "
-            "JPEG-compressed, so its accuracies can sit slightly below those on the official files.")
+            "JPEG-compressed, so its accuracies can sit slightly below those on the official files."
+            + (f" Left out of the means and error bars, as not trained like seed 0: {', '.join(out)}." if out else ""))
 
 
 def accuracy_table(rows: list[dict]):
@@ -361,27 +383,29 @@ def findings() -> list[dict]:
                     for n in cms) + " test images go from one of the two to the other (seed 0)."))
     runs_b = sweep(BATCH_SWEEP)
     batch = batch_summary(runs_b)
-    if batch["done"]:
-        worst, r = batch["worst"], runs_b[0]
-        out.append(dict(title="Small batches", value=worst["bn"]["change_change"], text=(
-            f"in the batch-size sweep (the reported recipe on {r['n_train']:,} images for {r['epochs']} epochs, "
-            f"paired by seed), going from batch 128 to batch {batch['done'][0]} changes test accuracy by " + ", ".join(
-                f"{n.upper()} {worst[n]['change_change']:+.2f}" for n in lib.NORMS) + " points"
-            + "; " + (f"BN falls behind the better of GN and LN at batch {', '.join(map(str, batch['behind']))}."
-                      if batch["behind"] else "BN is never behind the better of GN and LN beyond the seed noise."))))
+    if not batch["done"]:
+        raise lib.NormbookError(f"{BATCH_SWEEP} holds no batch size trained for every norm: run `make sweeps`")
+    worst, r = batch["worst"], runs_b[0]
+    out.append(dict(title="Small batches", value=worst["bn"]["change_change"], text=(
+        f"in the batch-size sweep (the reported recipe on {r['n_train']:,} images for {r['epochs']} epochs, "
+        f"paired by seed), going from batch 128 to batch {batch['done'][0]} changes test accuracy by " + ", ".join(
+            f"{n.upper()} {worst[n]['change_change']:+.2f}" for n in lib.NORMS) + " points"
+        + "; " + (f"BN falls behind the better of GN and LN at batch {', '.join(map(str, batch['behind']))}."
+                  if batch["behind"] else "BN is never behind the better of GN and LN beyond the seed noise."))))
     rob = lib.read_jsons(lib.ROOT / "runs" / "robustness")
-    if {r["norm"] for r in rob} == set(lib.NORMS):
-        avg = lambda norm, get: statistics.mean(get(r) for r in rob if r["norm"] == norm)
-        logit = max(r["max_logit_change_scale_2"] for r in rob if r["norm"] != "bn")
-        out.append(dict(title="Contrast", value=logit, text=f"doubling the input changes GN's and LN's logits by at "
-                        f"most {logit:.1e} (they are invariant to its scale by construction); at four times the "
-                        f"contrast BN falls from {avg('bn', lambda r: r['clean_acc']):.2f} % to "
-                        f"{avg('bn', lambda r: r['scale']['4.0']):.2f} % (mean of {sum(r['norm'] == 'bn' for r in rob)} seeds)."))
-        changed = {n: avg(n, lambda r: r["batch"]["2"]["changed"]) for n in lib.NORMS}
-        out.append(dict(title="Batch companions", value=changed["bn"], text="evaluated with batch statistics in batches "
-                        f"of 2, BN changes {changed['bn']:.1f} % of its predictions when only an image's companion "
-                        f"changes (GN {changed['gn']:.1f} %, LN {changed['ln']:.1f} %), and in one-class batches it "
-                        f"falls to {avg('bn', lambda r: r['one_class_batches_acc']):.2f} %."))
+    if {r["norm"] for r in rob} != set(lib.NORMS):
+        raise lib.NormbookError("runs/robustness/ lacks a norm: run `make robustness`")
+    avg = lambda norm, get: statistics.mean(get(r) for r in rob if r["norm"] == norm)
+    logit = max(r["max_logit_change_scale_2"] for r in rob if r["norm"] != "bn")
+    out.append(dict(title="Contrast", value=logit, text=f"doubling the input changes GN's and LN's logits by at "
+                    f"most {logit:.1e} (they are invariant to its scale by construction); at four times the "
+                    f"contrast BN falls from {avg('bn', lambda r: r['clean_acc']):.2f} % to "
+                    f"{avg('bn', lambda r: r['scale']['4.0']):.2f} % (mean of {sum(r['norm'] == 'bn' for r in rob)} seeds)."))
+    changed = {n: avg(n, lambda r: r["batch"]["2"]["changed"]) for n in lib.NORMS}
+    out.append(dict(title="Batch companions", value=changed["bn"], text="evaluated with batch statistics in batches "
+                    f"of 2, BN changes {changed['bn']:.1f} % of its predictions when only an image's companion "
+                    f"changes (GN {changed['gn']:.1f} %, LN {changed['ln']:.1f} %), and in one-class batches it "
+                    f"falls to {avg('bn', lambda r: r['one_class_batches_acc']):.2f} %."))
     return out
 
 

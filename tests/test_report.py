@@ -7,8 +7,9 @@ import publish
 import report
 
 
-def fake_runs(root, accs: dict[str, list[float]], change: dict | None = None):
-    """metrics.json + predictions of made-up full runs: norm -> test accuracy per seed."""
+def fake_runs(root, accs: dict[str, list[float]], change: dict | None = None, precision2: str = "bf16"):
+    """metrics.json + predictions of made-up full runs: norm -> test accuracy per seed; seed 2 with the recipe
+    `change` and in `precision2`."""
     labels = torch.arange(10).repeat(1000)
     for norm, per_seed in accs.items():
         for seed, acc in enumerate(per_seed):
@@ -22,6 +23,7 @@ def fake_runs(root, accs: dict[str, list[float]], change: dict | None = None):
                        for e in (1, 2)]
             lib.seal_run(out, dict(norm=norm, seed=seed, params=1, final_train_acc=acc + 1, final_test_acc=acc,
                                    final_test_acc_tta=acc + 1, seconds=60.0, data="d", device="cpu",
+                                   precision=precision2 if seed == 2 else "bf16",
                                    groups=8 if norm == "gn" else None, n_train=50_000, n_test=10_000,
                                    epochs=lib.MAX_EPOCHS, batch_size=128, history=history,
                                    recipe=dict(lib.RECIPE, **(change or {}) if seed == 2 else lib.RECIPE)))
@@ -33,6 +35,16 @@ def test_error_bars_average_only_runs_trained_like_seed_0(tmp_path, monkeypatch)
     rows = {r["norm"]: r for r in report.summary_rows()}
     assert (rows["bn"]["seeds"], rows["bn"]["test_mean"], rows["bn"]["tta_mean"]) == (2, 81.0, 82.0)
     assert report.mean_std_text(rows["bn"]) == "81.00 ± 1.41" and report.mean_std_text(rows["ln"]) == "75.00"
+    assert report.left_out(report.main_runs()) == ["bn-s2 (recipe)"]
+
+
+def test_runs_of_another_precision_are_left_out_of_the_error_bars_and_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(lib, "ROOT", tmp_path)
+    fake_runs(tmp_path, {"bn": [80.0, 82.0, 90.0], "gn": [70.0, 71.0], "ln": [75.0]}, precision2="fp32")
+    assert {r["norm"]: r["seeds"] for r in report.summary_rows()} == {"bn": 2, "gn": 2, "ln": 1}
+    assert report.left_out(report.main_runs()) == ["bn-s2 (precision)"]
+    assert "Left out of the means and error bars, as not trained like seed 0: bn-s2 (precision)." in \
+        report.measured_on(report.main_runs())
 
 
 def fake_sweep(root, accs: dict[tuple[str, int], float]):
@@ -47,9 +59,19 @@ def fake_sweep(root, accs: dict[tuple[str, int], float]):
                             epochs=1), folder / f"{norm}-batch_{batch}-s0.json")
 
 
+def fake_robustness(root, norms=lib.NORMS):
+    """Made-up records of runs/robustness/ at seed 0: what findings() reads."""
+    for norm in norms:
+        lib.write_json(dict(norm=norm, seed=0, clean_acc=80.0, scale={"4.0": 20.0 if norm == "bn" else 80.0},
+                            max_logit_change_scale_2=1.0 if norm == "bn" else 1e-6, one_class_batches_acc=50.0,
+                            batch={"2": {"changed": 10.0 if norm == "bn" else 0.0}}),
+                       root / "runs" / "robustness" / f"{norm}-s0.json")
+
+
 def test_findings_come_from_the_artifacts(tmp_path, monkeypatch):
     monkeypatch.setattr(lib, "ROOT", tmp_path)
     fake_runs(tmp_path, {"bn": [82.0, 83.0], "gn": [80.0, 80.5], "ln": [79.0, 79.5]})
+    fake_robustness(tmp_path)
     fake_sweep(tmp_path, {("bn", 128): 60.0, ("gn", 128): 55.0, ("ln", 128): 50.0,
                           ("bn", 2): 50.0, ("gn", 2): 56.0, ("ln", 2): 50.0, ("bn", 8): 58.0})   # no GN/LN at 8
     found = {f["title"]: f for f in report.findings()}
@@ -63,7 +85,21 @@ def test_findings_come_from_the_artifacts(tmp_path, monkeypatch):
                                   "LN +0.00 points; BN is never behind the better of GN and LN beyond the seed noise.")
     fake_sweep(tmp_path, {("ln", 2): 35.0})
     assert "LN -15.00 points" in {f["title"]: f for f in report.findings()}["Small batches"]["text"]
-    assert "Contrast" not in found                                     # no robustness results: no such finding
+    assert "Contrast" in found
+
+
+def test_findings_refuse_missing_experiments_rather_than_shrink(tmp_path, monkeypatch):
+    monkeypatch.setattr(lib, "ROOT", tmp_path)
+    fake_runs(tmp_path, {"bn": [82.0, 83.0], "gn": [80.0, 80.5], "ln": [79.0, 79.5]})
+    fake_sweep(tmp_path, {("bn", 128): 60.0, ("gn", 128): 55.0, ("ln", 128): 50.0})
+    fake_robustness(tmp_path, norms=("bn", "gn"))
+    with pytest.raises(lib.NormbookError, match="runs/robustness/ lacks a norm"):
+        report.findings()
+    fake_robustness(tmp_path, norms=("ln",))
+    fake_sweep(tmp_path, {})
+    (tmp_path / "runs" / "batch-size" / "bn-batch_128-s0.json").unlink()
+    with pytest.raises(lib.NormbookError, match="holds no batch size trained for every norm"):
+        report.findings()
 
 
 def test_findings_with_one_seed_per_norm_say_nothing_of_a_spread(tmp_path, monkeypatch):
@@ -71,7 +107,8 @@ def test_findings_with_one_seed_per_norm_say_nothing_of_a_spread(tmp_path, monke
     fake_runs(tmp_path, {"bn": [82.0], "gn": [80.0], "ln": [79.0]})
     with pytest.raises(lib.NormbookError, match="batch-size/plan.json is missing"):      # no sweep: refused, not skipped
         report.findings()
-    fake_sweep(tmp_path, {})
+    fake_sweep(tmp_path, {("bn", 128): 60.0, ("gn", 128): 55.0, ("ln", 128): 50.0})
+    fake_robustness(tmp_path)
     ranking = report.findings()[0]["text"]
     assert ranking.endswith("GN and LN differ by 1.00.") and "nan" not in ranking
 
