@@ -37,7 +37,7 @@ run:
 	  mkdir -p $$(dirname $$nb); \
 	  tmp=$$(dirname $$nb)/.$$(basename $$nb .ipynb).partial.ipynb; \
 	  $(PAPERMILL) book/train.ipynb $$tmp -p norm $(NORM) -p seed $(SEED) -p data_dir $(DATA) $(ARGS) \
-	    && $(PY) -c 'import sys, publish; publish.tidy_run_page(sys.argv[1])' $$tmp \
+	    && $(PY) publish.py tidy $$tmp \
 	    && mv $$tmp $$nb && echo "run: wrote $$nb"
 
 ## The three reported runs (seed 0): book/runs/<norm>.ipynb and runs/<norm>-s0/.
@@ -69,13 +69,13 @@ seeds:
 ## The chapters computed from run artifacts (tables, figures, glued numbers).
 CHAPTERS = intro theory architecture results experiments why tuning performance reproducibility
 analysis:
-	@$(PY) -c 'import publish; publish.write_colab_cells()'
+	@$(PY) publish.py colab
 	@for c in $(CHAPTERS); do \
 	  $(PAPERMILL) --cwd book book/$$c.ipynb book/.$$c.partial.ipynb $(if $(filter-out data,$(DATA)),-p data_dir $(DATA)) \
 	    && mv book/.$$c.partial.ipynb book/$$c.ipynb || exit 1; done
 
 readme:
-	$(PY) -c 'import publish; publish.update_readme()'
+	$(PY) publish.py readme
 
 ## The evaluations of the "why they differ" chapter (shifted inputs, batch companions) of every saved run.
 robustness:

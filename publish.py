@@ -117,3 +117,25 @@ def tidy_run_page(path: str | Path) -> None:
         if cell.cell_type == "code" and "summary(model" in cell.source and "hide-output" not in tags:
             tags.append("hide-output")
     atomic_write(path, lambda f: f.write((nbformat.writes(nb) + "\n").encode()))
+
+
+def main(argv=None) -> None:
+    """make readme, make analysis and make run call this: `python3 publish.py readme | colab | tidy PAGE`;
+    the project's errors end it in one line."""
+    import sys
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        if args[:1] == ["readme"]:
+            update_readme()
+        elif args[:1] == ["colab"]:
+            write_colab_cells()
+        elif args[:1] == ["tidy"] and len(args) == 2:
+            tidy_run_page(args[1])
+        else:
+            sys.exit("usage: publish.py readme | colab | tidy PAGE")
+    except (NormbookError, OSError) as e:
+        sys.exit(f"publish.py: {e}")
+
+
+if __name__ == "__main__":
+    main()

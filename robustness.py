@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import io
+import sys
 
 import torch
 import torch.nn as nn
@@ -121,17 +122,22 @@ def evaluate_run(run: str, data: lib.Cifar10, shifted: dict[str, torch.Tensor]) 
     clean = norm(data.test_x)
     out = dict(run=run, norm=m["norm"], seed=m["seed"], data=m["data"], precision=prec, n_test=len(y),
                model_checksum=m["checksums"]["model.pt"], clean_acc=acc(model, clean))
+    say = lambda step: print(f"robustness {run}: {step}", flush=True)      # minutes a step on a slow CPU
+    say("contrast and brightness")
     out["scale"] = {str(a): acc(model, a * clean) for a in SCALES}
     with torch.inference_mode():                # the invariance itself, in fp32 so no bf16 rounding hides it
         one, two = logits(model, clean[:1000], "fp32"), logits(model, 2 * clean[:1000], "fp32")
     out["max_logit_change_scale_2"] = (two - one).abs().max().item()
     out["brightness"] = {str(b): acc(model, norm(((data.test_x.float() / 255 + b).clamp(0, 1) * 255).round()
                                                  .to(torch.uint8))) for b in BRIGHTNESS}
+    say(f"{len(shifted)} corrupted test sets")
     out["corruptions"] = {key: acc(model, norm(x)) for key, x in shifted.items()}
     if m["norm"] == "bn":
+        say("the same with recomputed BN statistics (AdaBN)")
         out["corruptions_recalibrated"] = {key: acc(recalibrated(model, norm(x), prec), norm(x))
                                            for key, x in shifted.items()}
     n = BATCH_TEST_IMAGES                       # batch size 1 means one forward pass per image: a subset
+    say("batch companions")
     out["batch"] = {str(b): batch_dependence(model, clean[:n], y[:n], prec, b) for b in BATCH_SIZES}
     out["batch_test_images"] = n
     by_class = torch.argsort(y * len(y) + torch.arange(len(y)))          # batches of one class each
@@ -192,4 +198,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except lib.NormbookError as e:
+        sys.exit(f"robustness.py: {e}")

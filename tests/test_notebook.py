@@ -90,3 +90,14 @@ def test_every_notebook_starts_with_the_colab_cell_and_needs_no_path_tricks():
         nb = nbformat.read(path, as_version=4)
         assert nb.cells[0].source == cell and "remove-cell" in nb.cells[0].metadata.get("tags", []), path.name
         assert not any("sys.path" in c.source for c in nb.cells), path.name
+
+
+@pytest.mark.parametrize("command, words", [
+    (["experiments.py", "run", "runs/no-such-plan"], "experiments.py: "),
+    (["robustness.py", "--runs", "no-such-run-s0"], "robustness.py: "),
+    (["publish.py", "tidy", "no-such-page.ipynb"], "publish.py: "),
+    (["publish.py", "bogus"], "usage: publish.py")])
+def test_every_entry_point_ends_a_project_error_in_one_line(command, words):
+    done = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and done.stderr.startswith(words) and len(done.stderr.strip().splitlines()) == 1, \
+        done.stderr[-500:]
