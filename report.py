@@ -986,7 +986,8 @@ def weight_std(folder: str = "runs/weight-std", noise_from: str = "runs/tune") -
 def bench_source(bench: dict) -> str:
     p = bench["pipelines"][0]
     return (f"Measured on **{p['device']}** ({p['threads']} threads, clock {p['clock_ghz']} GHz), PyTorch {p['torch']}, "
-            f"batch size {p['batch_size']}, {p['images_timed']:,} training images timed per pipeline and norm.")
+            f"batch size {p['batch_size']}, {p['images_timed']:,} training images timed per pipeline and norm; every "
+            f"step below is timed in {bench['precision']}, the precision training uses on this CPU.")
 
 
 def options_table(bench: dict) -> dict:

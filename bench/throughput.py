@@ -91,6 +91,11 @@ def swap_group_norm(model: torch.nn.Module, group_norm) -> torch.nn.Module:
     return model
 
 
+# The precision lib.train uses on this CPU (precision="auto"): bf16 with AVX-512 BF16, else fp32. Every step is
+# timed in it; timing bf16 where it is emulated (about ten times slower) would measure nothing a run does.
+TRAINS_IN = "bf16" if lib.bf16_supported(torch.device("cpu")) else "fp32"
+
+
 def step_images_per_s(norm, layout, precision, batch_size=128, steps=12, group_norm=None, activation=None,
                       compiled=False, warm_up: dict | None = None) -> float:
     """The bare training step (forward, backward, SGD) on a fixed random batch: no data pipeline.
@@ -125,7 +130,7 @@ def options_table() -> list[dict]:
     for norm in lib.NORMS:
         base = None
         for layout_name, layout in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
-            for precision in ("fp32", "bf16"):
+            for precision in ("fp32", "bf16") if TRAINS_IN == "bf16" else ("fp32",):
                 ips = step_images_per_s(norm, layout, precision)
                 base = base or ips
                 rows.append(dict(norm=norm, layout=layout_name, precision=precision,
@@ -160,21 +165,21 @@ class GroupNormFromReductions(torch.nn.GroupNorm):
 
 
 def group_norm_table() -> list[dict]:
-    """The bare GN step (bf16 autocast) with each GroupNorm implementation and layout."""
+    """The bare GN step (in TRAINS_IN) with each GroupNorm implementation and layout."""
     rows = []
     for impl, cls in (("PyTorch GroupNorm", None), ("GroupNorm on fp32 input", GroupNormFp32Input),
                       ("via batch_norm", GroupNormViaBatchNorm), ("tensor reductions", GroupNormFromReductions)):
         for layout_name, layout in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
             if cls is GroupNormViaBatchNorm and layout is torch.channels_last:
                 continue                                  # the (1, N*G, rest) view needs NCHW memory
-            ips = step_images_per_s("gn", layout, "bf16", group_norm=cls)
+            ips = step_images_per_s("gn", layout, TRAINS_IN, group_norm=cls)
             rows.append(dict(implementation=impl, layout=layout_name, images_per_s=round(ips, 1)))
             print(f"  step gn {impl:<24} {layout_name:<13}: {ips:7.0f} img/s", file=sys.stderr)
     return rows
 
 
 def activation_table(repeats=2, steps=30) -> list[dict]:
-    """The bare step of each norm (bf16, lib's layout) with each activation: what the activation costs.
+    """The bare step of each norm (TRAINS_IN, lib's layout) with each activation: what the activation costs.
     The best of `repeats` interleaved measurements, since a shared 2-core machine is noisy."""
     rows = []
     for norm in lib.NORMS:
@@ -182,7 +187,7 @@ def activation_table(repeats=2, steps=30) -> list[dict]:
         best = {a: 0.0 for a in lib.ACTIVATIONS}
         for _ in range(repeats):
             for a in lib.ACTIVATIONS:
-                best[a] = max(best[a], step_images_per_s(norm, layout, "bf16", steps=steps, activation=a))
+                best[a] = max(best[a], step_images_per_s(norm, layout, TRAINS_IN, steps=steps, activation=a))
         for a, ips in best.items():
             rows.append(dict(norm=norm, activation=a, images_per_s=round(ips, 1),
                              vs_relu=round(ips / best["relu"], 3)))
@@ -191,7 +196,7 @@ def activation_table(repeats=2, steps=30) -> list[dict]:
 
 
 def compile_table(repeats=2, steps=30) -> list[dict]:
-    """The bare step of each norm (bf16, lib's layout) eager and under torch.compile (Inductor's C++ code),
+    """The bare step of each norm (TRAINS_IN, lib's layout) eager and under torch.compile (Inductor's C++ code),
     the best of `repeats` interleaved measurements, with the compile's one-off cost: the seconds the
     first compiled measurement's 3 warm-up steps took, from an empty compile cache (a fresh machine's
     case; the cache it leaves makes later compiles of the same model fast)."""
@@ -204,8 +209,8 @@ def compile_table(repeats=2, steps=30) -> list[dict]:
         first = {}
         for i in range(repeats):
             torch._dynamo.reset()
-            eager = max(eager, step_images_per_s(norm, layout, "bf16", steps=steps))
-            compiled = max(compiled, step_images_per_s(norm, layout, "bf16", steps=steps, compiled=True,
+            eager = max(eager, step_images_per_s(norm, layout, TRAINS_IN, steps=steps))
+            compiled = max(compiled, step_images_per_s(norm, layout, TRAINS_IN, steps=steps, compiled=True,
                                                        warm_up=first if i == 0 else None))
         rows.append(dict(norm=norm, eager_images_per_s=round(eager, 1), compiled_images_per_s=round(compiled, 1),
                          speedup=round(compiled / eager, 2), compile_seconds=round(first["seconds"], 1)))
@@ -241,8 +246,7 @@ def main():
             ours_now, setting = lib_images_per_s(norm, data, args.images)
             ours, tutorial = max(ours, ours_now), max(tutorial, tutorial_images_per_s(norm, data, args.images))
         gflops = ours * training_flops_per_image(norm) / 1e9
-        # The tutorial-style pipeline's key keeps its old name: bench/results.json and report.py use it.
-        r = dict(norm=norm, lib_images_per_s=round(ours, 1), seed_style_images_per_s=round(tutorial, 1),
+        r = dict(norm=norm, lib_images_per_s=round(ours, 1), tutorial_images_per_s=round(tutorial, 1),
                  ratio=round(ours / tutorial, 2), gflops=round(gflops, 1), peak_fp32_gflops=round(peak, 1),
                  fraction_of_fp32_peak=round(gflops / peak, 3), lib_setting=setting, batch_size=128,
                  images_timed=args.images, threads=torch.get_num_threads(), cores=cores, clock_ghz=round(ghz, 3),
@@ -252,7 +256,7 @@ def main():
 
     print(f"\n{'norm':<5}{'lib img/s':>11}{'tutorial img/s':>16}{'ratio':>7}{'GFLOP/s':>9}{'of fp32 peak':>14}  lib setting")
     for r in results:
-        print(f"{r['norm']:<5}{r['lib_images_per_s']:>11.0f}{r['seed_style_images_per_s']:>16.0f}{r['ratio']:>7.2f}"
+        print(f"{r['norm']:<5}{r['lib_images_per_s']:>11.0f}{r['tutorial_images_per_s']:>16.0f}{r['ratio']:>7.2f}"
               f"{r['gflops']:>9.1f}{100 * r['fraction_of_fp32_peak']:>13.0f}%  {r['lib_setting']}")
     print(f"fp32 peak: {cores} cores x 32 FLOP/cycle x {ghz:.2f} GHz = {peak:.0f} GFLOP/s")
     options = options_table()
@@ -261,7 +265,7 @@ def main():
     compiled = compile_table()
     lib.atomic_write(Path(args.out), lambda f: f.write(json.dumps(
         dict(pipelines=results, options=options, group_norm=group_norm, activations=activations,
-             compiled=compiled, recipe=lib.RECIPE), indent=1).encode()))
+             compiled=compiled, recipe=lib.RECIPE, precision=TRAINS_IN), indent=1).encode()))
 
 
 if __name__ == "__main__":
