@@ -1297,7 +1297,7 @@ def lever_stages(v: dict) -> dict:
             verdicts[n] = ("gain" if mean > bar else "loss" if mean < -bar else "within noise") if len(d) >= 3 else \
                 "passes the screen" if mean >= screen_bar else "below the screen's bar"
         seeds = min((len(per_norm.get(n, {})) for n in lib.NORMS), default=0)
-        row["seeds"] = seeds
+        row["runs"] = sum(len(d) for d in per_norm.values())
         if len(verdicts) < len(lib.NORMS):
             row["verdict"] = "not measured for every norm"
         elif seeds == 1:
@@ -1312,7 +1312,8 @@ def lever_stages(v: dict) -> dict:
             rows.append(row)
     table = pd.DataFrame(rows).set_index("lever") if rows else pd.DataFrame()
     screened = [r for r in rows if r["lever"] in LEVERS and r["verdict"] != "not measured for every norm"]
-    text = (f"{len(screened)} of the {len(LEVERS)} levers are screened: one run per norm at seed 0, each against the recipe "
+    text = (f"{len(screened)} of the {len(LEVERS)} levers are screened for every norm: one run per norm at seed 0, each "
+            "against the recipe "
             f"run of its norm and seed. A lever passes the screen when its gain reaches {screen_bar:.2f} points for at "
             "least one norm (one standard deviation of the difference of two single runs: a lenient bar, so that a real "
             f"gain is rarely lost); it is then measured at seeds 0–2 and judged by its mean against ±{v['threshold']:.2f}/√3. ")

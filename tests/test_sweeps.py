@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+import experiments
 import lib
 import report
 
@@ -126,3 +127,28 @@ def test_a_sweep_of_mixed_precision_is_refused(tmp_path, monkeypatch):
         lib.write_json(dict(norm="bn", seed=seed, final_test_acc=50.0, precision=precision), folder / f"bn-batch_2-s{seed}.json")
     with pytest.raises(lib.NormbookError, match="mixes precisions"):
         report.sweep("runs/mixed")
+
+
+def lever_run(norm, lever, seed, delta, folder="levers-screen"):
+    return dict(folder=folder, norm=norm, tuning=lever, seed=seed, delta=delta)
+
+
+def test_the_lever_table_screens_confirms_and_decides_from_the_runs():
+    v = dict(sigma=0.5, threshold=2 * 2 ** 0.5 * 0.5)                 # screen bar 0.71, one-run threshold 1.41
+    v["runs"] = [lever_run(n, "dirac init", 0, d) for n, d in zip(lib.NORMS, (0.2, -0.3, 0.1))]
+    v["runs"] += [lever_run(n, "muon lr 0.05", 0, d) for n, d in zip(lib.NORMS, (0.9, 0.1, 0.0))]
+    v["runs"] += [lever_run("bn", "alternating flip", 0, 2.0)]
+    stages = report.lever_stages(v)
+    table = stages["table"]
+    assert table.loc["dirac init", "verdict"] == "stops at the screen"
+    assert table.loc["muon lr 0.05", "verdict"] == "passes the screen (BN)"
+    assert table.loc["alternating flip", "verdict"] == "not measured for every norm"
+    assert stages["adopt"] is None and "The recipe of the reported runs is unchanged" in stages["text"]
+    combined = experiments.COMBINED
+    for seed, gains in enumerate([(1.2, 1.0, -0.2), (1.0, 1.4, 0.1), (1.1, 0.9, -0.1)]):
+        v["runs"] += [lever_run(n, combined, seed, d, "levers-confirm") for n, d in zip(lib.NORMS, gains)]
+    stages = report.lever_stages(v)
+    assert stages["adopt"] is True and stages["table"].loc[combined, "BN"] == "+1.10 (+1.00 to +1.20)"
+    assert stages["table"].loc[combined, "verdict"] == "BN gain; GN gain; LN within noise"
+    v["runs"] = [r if not (r["tuning"] == combined and r["norm"] == "ln") else dict(r, delta=-1.5) for r in v["runs"]]
+    assert report.lever_stages(v)["adopt"] is False                  # a loss beyond noise for one norm vetoes it
