@@ -74,15 +74,15 @@ RECIPE = dict(
 )
 OPTIMIZERS = ("SGD-Nesterov", "AdamW", "Muon")
 PRECISIONS = ("auto", "bf16", "fp32")
-# Keys added to RECIPE after some committed runs were made, with the value those runs used.
-RECIPE_ADDED_LATER = dict(shortcuts=False, activation="relu", cutout=0, ema=0.0, widths=None, weight_std=False,
-                          muon_lr=0.05, whiten="off", dirac=False, bn_ghost=0,
-                          bn_frozen=False)
 
 
 def recorded_recipe(metrics: dict) -> dict:
-    """The recipe a run used, from its metrics (older runs lack the keys added later)."""
-    return {**RECIPE_ADDED_LATER, **metrics["recipe"]}
+    """The full recipe a run record holds; a record lacking a key of RECIPE is refused, naming the keys. (A key
+    added to RECIPE must be written, with the value the committed runs used, into every committed record.)"""
+    if missing := [k for k in RECIPE if k not in metrics["recipe"]]:
+        raise NormbookError(f"a run record ({metrics.get('norm')}, seed {metrics.get('seed')}) lacks recipe keys "
+                            f"{', '.join(missing)}: every record holds the full recipe")
+    return dict(metrics["recipe"])
 
 
 class NormbookError(ValueError):
@@ -623,6 +623,8 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = MAIN_BAT
     precision: "fp32", "bf16" (autocast) or "auto" (bf16 where the hardware has it).
     cuda_graphs: replay each step as a CUDA graph (cuda_graphs.py); default: where it can, on a CUDA device.
     trace_every: record a Tracer point every that many steps (0: off), stored as metrics["trace"].
+    metrics: train_acc (and final_train_acc) is the running accuracy over an epoch's augmented batches, in
+    training mode; final_test_acc is plain (no TTA), final_test_acc_tta averages with a horizontally flipped copy.
     """
     recipe = check_params(norm, epochs, batch_size, seed, subset, groups, precision, max_epochs, recipe, trace_every,
                           n_train=len(data.train_y) if data else FULL_TRAIN)
@@ -710,8 +712,6 @@ def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = MAIN_BAT
         params=count_params(model), epochs=epochs, seed=seed, batch_size=batch_size, history=history,
         final_train_acc=history[-1]["train_acc"], final_test_acc=history[-1]["test_acc"],
         final_test_loss=history[-1]["test_loss"], final_test_acc_tta=final_tta["acc"],
-        train_acc_note="running accuracy over each epoch's augmented batches, in training mode",
-        tta=False, tta_note="final_test_acc is plain (no TTA); final_test_acc_tta averages with a flipped copy",
         data=data.source, n_train=n, n_test=len(test_y), mean=mean, std=std, recipe=recipe, peak_lr=peak,
         precision=precision, memory_format=str(layout).split(".")[-1], cuda_graphs=cuda_graphs,
         device=device_name(device), torch=torch.__version__, threads=torch.get_num_threads(),
@@ -791,8 +791,8 @@ def _checksum(path: Path, metrics: dict) -> str:
     if path.name == "model.pt":
         r = recorded_recipe(metrics)
         prefix = json.dumps(dict(norm=metrics["norm"], groups=metrics.get("groups"), widths=r["widths"] or WIDTHS,
-                                 shortcuts=r["shortcuts"], activation=r["activation"],
-                                 **({"weight_std": True} if r["weight_std"] else {})), sort_keys=True)
+                                 shortcuts=r["shortcuts"], activation=r["activation"], weight_std=r["weight_std"]),
+                            sort_keys=True)
     return hashlib.sha256(prefix.encode() + path.read_bytes()).hexdigest()
 
 

@@ -52,6 +52,10 @@ def test_mixed_or_half_replaced_runs_are_refused_naming_the_files(saved, tmp_pat
     (mixed / "metrics.json").write_text(json.dumps(dict(m, groups=4)))                  # another group count
     with pytest.raises(lib.NormbookError, match="does not belong"):
         lib.load_run(mixed)
+    no_dirac = {k: v for k, v in m["recipe"].items() if k != "dirac"}
+    (mixed / "metrics.json").write_text(json.dumps(dict(m, recipe=no_dirac)))
+    with pytest.raises(lib.NormbookError, match="lacks recipe keys dirac: "):               # a recipe key missing
+        lib.load_run(mixed)
     (mixed / "metrics.json").write_text(json.dumps(m))
     state = torch.load(mixed / "model.pt", weights_only=True)
     torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, mixed / "model.pt")   # new weights
@@ -63,6 +67,24 @@ def test_mixed_or_half_replaced_runs_are_refused_naming_the_files(saved, tmp_pat
     (mixed / "metrics.json").write_text('{"norm": "bn", ')                                   # truncated
     with pytest.raises(lib.NormbookError, match="metrics.json is unreadable"):
         lib.load_run(mixed)
+
+
+def test_every_committed_run_verifies_and_every_record_holds_the_full_recipe():
+    runs = lib.load_metrics("*-s[0-9]")
+    assert len(runs) >= 9
+    for m in runs:
+        assert lib.verify_run(f"runs/{m['run']}")["checksums"] == m["checksums"], m["run"]
+    def recipes(obj):                        # a run record is any object holding a recipe, nested ones too
+        if isinstance(obj, dict) and isinstance(obj.get("recipe"), dict):
+            yield obj
+        for v in obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else ():
+            yield from recipes(v)
+    files = [p for p in sorted([*(lib.ROOT / "runs").rglob("*.json"), *(lib.ROOT / "bench").glob("*.json")])
+             if p.name != "plan.json"]      # a plan's variants are changes to a recipe, not records
+    records = [(p, r) for p in files for r in recipes(lib.read_json(p))]
+    assert len(records) > 250
+    for path, record in records:
+        assert set(lib.recorded_recipe(record)) == set(lib.RECIPE), path
 
 
 def test_a_failed_write_keeps_the_old_artifact(saved, monkeypatch):

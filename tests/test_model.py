@@ -84,7 +84,9 @@ def test_group_counts_and_instance_norm():
         lib.check_params("gn", groups="C/x")
 
 
-def test_recorded_recipe_fills_keys_added_later():
-    old_run = dict(recipe={k: v for k, v in lib.RECIPE.items() if k not in lib.RECIPE_ADDED_LATER})
-    assert lib.recorded_recipe(old_run) == {**lib.RECIPE, **lib.RECIPE_ADDED_LATER}
-    assert lib.recorded_recipe(dict(recipe=dict(lib.RECIPE, shortcuts=True)))["shortcuts"] is True
+def test_a_record_lacking_a_recipe_key_is_refused_in_one_error_naming_the_keys():
+    record = dict(norm="bn", seed=0, recipe=dict(lib.RECIPE, shortcuts=False))
+    assert lib.recorded_recipe(record) == dict(lib.RECIPE, shortcuts=False)
+    del record["recipe"]["bn_ghost"], record["recipe"]["whiten"]
+    with pytest.raises(lib.NormbookError, match=r"^a run record \(bn, seed 0\) lacks recipe keys bn_ghost, whiten: "):
+        lib.recorded_recipe(record)
