@@ -1,5 +1,6 @@
 """Artifacts: a run is written atomically, its files are tied together, and a bad one is refused."""
 import json
+import re
 import shutil
 
 import pytest
@@ -67,6 +68,117 @@ def test_mixed_or_half_replaced_runs_are_refused_naming_the_files(saved, tmp_pat
     (mixed / "metrics.json").write_text('{"norm": "bn", ')                                   # truncated
     with pytest.raises(lib.NormbookError, match="metrics.json is unreadable"):
         lib.load_run(mixed)
+
+
+def copied(saved, root):
+    """A copy of the saved tiny GN run at root/runs/gn-s0, and its record."""
+    out = root / "runs" / "gn-s0"
+    shutil.copytree(saved[1], out)
+    return out, json.loads((out / "metrics.json").read_text())
+
+
+def every_reader(out, monkeypatch):
+    """Each way lib hands out a run's final_test_acc: load_run, load_predictions and (with ROOT at the
+    folder above runs/) load_metrics."""
+    monkeypatch.setattr(lib, "ROOT", out.parent.parent)
+    return lib.load_run, lib.load_predictions, lambda out: lib.load_metrics("gn-s*")
+
+
+def test_predictions_not_of_the_records_shape_or_classes_are_refused(saved, tmp_path, monkeypatch):
+    out, m = copied(saved, tmp_path)
+    p = torch.load(out / "predictions.pt", weights_only=True)
+    assert m["n_test"] == 100
+    for bad, message in [(dict(p, probs=p["probs"][:-1]), r"holds probs of shape \(99, 10\), float32: its record's "
+                                                          r"n_test 100 needs float probabilities of shape \(100, 10\)"),
+                         (dict(p, probs=p["probs"][:, :9]), r"holds probs of shape \(100, 9\)"),
+                         (dict(p, labels=p["labels"][:-1]), r"holds labels of shape \(99,\)"),
+                         (dict(p, labels=p["labels"].float()), r"holds labels of shape \(100,\), float32: .* integer"),
+                         (dict(p, labels=torch.where(p["labels"] == 9, 10, p["labels"])), "holds label 10: class"),
+                         (dict(p, labels=p["labels"] - 1), "holds label -1: class labels"),
+                         (dict(probs=p["probs"]), "holds no labels"),
+                         (p["probs"], "holds no probs"),                   # a bare tensor, not a dict
+                         (dict(p, probs=p["probs"].tolist()), "holds probs of type list")]:
+        lib.save_tensors(bad, out / "predictions.pt")
+        lib.seal_run(out, m)                                # the checksums match: only the contents are wrong
+        for read in every_reader(out, monkeypatch):
+            with pytest.raises(lib.NormbookError, match=f"gn-s0/predictions.pt {message}"):
+                read(out)
+    (out / "predictions.pt").write_bytes(b"garbage")
+    lib.seal_run(out, m)
+    with pytest.raises(lib.NormbookError, match="gn-s0/predictions.pt is unreadable"):
+        lib.load_predictions(out)
+
+
+@pytest.mark.parametrize("change", [1.0, -0.01, 0.001])
+def test_a_hand_edited_final_test_acc_is_refused_naming_both_numbers(saved, tmp_path, monkeypatch, change):
+    out, m = copied(saved, tmp_path)
+    real = m["final_test_acc"]
+    edited = real + change if real + change <= 100 else real - change
+    (out / "metrics.json").write_text(json.dumps(dict(m, final_test_acc=edited)))   # checksums still match
+    for read in every_reader(out, monkeypatch):
+        with pytest.raises(lib.NormbookError, match=rf"gn-s0: metrics.json says final_test_acc {edited:.6g} but "
+                                                    rf"predictions.pt gives {real:.6g} \({round(real)} of 100 right\)"):
+            read(out)
+    (out / "metrics.json").write_text(json.dumps(dict(m, final_test_acc=real + 5e-5)))  # float rounding: accepted
+    assert all(read(out) for read in every_reader(out, monkeypatch))
+
+
+NAN, INF, MISSING = float("nan"), float("inf"), object()
+
+
+BAD_FIELDS = [
+    ("final_test_acc", NAN, "nan; a run record holds a finite number from 0 to 100"),
+    ("final_train_acc", "83.9", "'83.9'; a run record holds a finite number from 0 to 100"),
+    ("final_test_acc_tta", 100.5, "100.5; a run record holds a finite number from 0 to 100"),
+    ("final_test_acc_tta", -INF, "-inf;"),
+    ("seconds", 0, "0; a run record holds a finite number > 0"),
+    ("seconds", INF, "inf;"),
+    ("seed", -1, "-1; a run record holds an integer >= 0"),
+    ("seed", 0.0, "0.0; a run record holds an integer >= 0"),
+    ("n_test", True, "True; a run record holds an integer >= 1"),
+    ("n_train", None, "None; a run record holds an integer >= 1"),
+    ("norm", "bn2", "'bn2'; a run record holds one of bn, gn, ln"),
+    ("device", "", "''; a run record holds a non-empty string"),
+    ("history", [], r"\[\]; a run record holds a non-empty list of objects"),
+    ("history", {"1": {}}, r"\{'1': \{\}\}; a run record holds a non-empty list"),
+    ("history", [1, 2], r"\[1, 2\]; a run record holds a non-empty list of objects"),
+    ("history[0].test_acc", NAN, "nan; a run record holds a finite number from 0 to 100"),
+    ("history[0].train_loss", "1.5", "'1.5'; a run record holds a finite number >= 0"),
+    ("seed", MISSING, "missing; a run record holds an integer >= 0"),
+    ("final_test_acc", MISSING, "missing; a run record holds a finite number"),
+    ("history[0].test_acc", MISSING, "missing; a run record holds a finite number from 0 to 100"),
+]
+
+
+@pytest.mark.parametrize("field, value, says", BAD_FIELDS,
+                         ids=[f"{f} missing" if v is MISSING else f"{f}={v!r}" for f, v, _ in BAD_FIELDS])
+def test_a_record_field_missing_or_of_the_wrong_type_or_range_is_refused_naming_it(saved, tmp_path, monkeypatch,
+                                                                                     field, value, says):
+    out, m = copied(saved, tmp_path)
+    key, _, entry = field.partition("[0].")
+    target = m["history"][0] if entry else m
+    key = entry or key
+    if value is MISSING:
+        del target[key]
+    else:
+        target[key] = value
+    (out / "metrics.json").write_text(json.dumps(m))         # json.dumps writes NaN and Infinity; json.loads reads them
+    for read in (lambda out: lib.read_json(out / "metrics.json"), *every_reader(out, monkeypatch)):
+        with pytest.raises(lib.NormbookError, match=re.escape(f"gn-s0/metrics.json: {field} is ") + says) as e:
+            read(out)
+        assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("text, says", [("[1, 2]", "holds a JSON array, not an object"),
+                                        ('"metrics"', "holds a JSON string, not an object"),
+                                        ("82.4", "holds a JSON number, not an object"),
+                                        ("null", "holds a JSON null, not an object"),
+                                        ("{'norm': 'bn'}", "is unreadable \\(JSONDecodeError"),
+                                        ("", "is unreadable \\(JSONDecodeError")])
+def test_a_json_file_that_is_not_an_object_is_refused_naming_it(tmp_path, text, says):
+    (tmp_path / "results.json").write_text(text)
+    with pytest.raises(lib.NormbookError, match=f"results.json {says}"):
+        lib.read_json(tmp_path / "results.json")
 
 
 def test_every_committed_run_verifies_and_every_record_holds_the_full_recipe():

@@ -1,8 +1,10 @@
 """Data: the ImageFolder reader, its cache, subsets, the validation split, augmentation."""
 import os
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import lib
 from conftest import make_image_folder
@@ -66,6 +68,95 @@ def test_empty_class_missing_split_and_broken_image_are_named(tiny_tree):
     (tiny_tree / "test").rmdir()
     with pytest.raises(lib.NormbookError, match="test is missing"):
         lib.load_cifar10(tiny_tree, full=False)
+
+
+CAT0 = 3          # train/cat/0000.png lands at index 3 of the interleaved tree (rank 0, label 3)
+
+
+def decoded_cat0(tree, image: Image.Image, name="0000.png", **save) -> np.ndarray:
+    """The tree's train/cat/0000.png replaced by `image` (saved as `name`), loaded: its (32, 32, 3) pixels."""
+    (tree / "train" / "cat" / "0000.png").unlink()
+    image.save(tree / "train" / "cat" / name, **save)
+    return lib.load_cifar10(tree, full=False).train_x[CAT0].permute(1, 2, 0).numpy()
+
+
+def test_a_16_bit_png_keeps_its_high_byte_not_white(tiny_tree):
+    v = np.random.default_rng(0).integers(0, 65536, (32, 32), dtype=np.uint16)
+    v[0, :4] = [0, 255, 256, 65535]
+    x = decoded_cat0(tiny_tree, Image.fromarray(v))                     # opens as mode I;16
+    assert (x == (v >> 8)[:, :, None].astype(np.uint8)).all()
+    assert x[0, :4, 0].tolist() == [0, 0, 1, 255] and (x == 255).mean() < 0.05
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA"])
+def test_grey_palette_and_alpha_images_decode_to_their_rgb(tiny_tree, mode):
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    if mode == "L":
+        image, expected = Image.fromarray(rgb[:, :, 0], "L"), np.repeat(rgb[:, :, :1], 3, axis=2)
+    elif mode == "P":                                       # 16 palette colours, each pixel an index
+        palette, index = rng.integers(0, 256, (16, 3), dtype=np.uint8), rng.integers(0, 16, (32, 32), dtype=np.uint8)
+        image, expected = Image.fromarray(index, "P"), palette[index]
+        image.putpalette(palette.flatten().tolist())
+    elif mode == "RGBA":                                    # the colour, whatever the alpha
+        image, expected = Image.fromarray(np.dstack([rgb, rng.integers(0, 256, (32, 32), dtype=np.uint8)]), "RGBA"), rgb
+    else:                                                   # the grey, whatever the alpha
+        image, expected = Image.fromarray(rgb[:, :, :2], "LA"), np.repeat(rgb[:, :, :1], 3, axis=2)
+    assert (decoded_cat0(tiny_tree, image) == expected).all()
+
+
+def test_a_cmyk_jpeg_decodes_to_its_rgb(tiny_tree):
+    cmyk = np.zeros((32, 32, 4), dtype=np.uint8)
+    cmyk[:16, :, 0] = 255                                   # top half cyan, bottom half white
+    x = decoded_cat0(tiny_tree, Image.fromarray(cmyk, "CMYK"), "0000.jpg", quality=100).astype(int)
+    assert np.abs(x[:16] - [0, 255, 255]).max() <= 3 and np.abs(x[16:] - 255).max() <= 3
+
+
+@pytest.mark.parametrize("pixels", [np.float32, np.int32])
+def test_float_and_32_bit_images_are_refused_naming_the_mode(tiny_tree, pixels):
+    image = Image.fromarray(np.full((32, 32), 70000, dtype=pixels))     # mode F or I, as a TIFF named .png
+    with pytest.raises(lib.NormbookError, match=f"0000.png has pixels of mode {image.mode}, which have no agreed"):
+        decoded_cat0(tiny_tree, image, format="TIFF")
+
+
+def test_an_image_not_32x32_is_refused_naming_it(tiny_tree):
+    with pytest.raises(lib.NormbookError, match="cat/0000.png is 33x32; CIFAR-10 images are 32x32"):
+        decoded_cat0(tiny_tree, Image.new("RGB", (33, 32)))
+
+
+def test_a_dangling_symlink_is_refused_in_one_line_naming_it(tiny_tree, tmp_path):
+    link = tiny_tree / "train" / "cat" / "0003.png"
+    link.symlink_to(tmp_path / "gone.png")
+    for load in (lambda: lib.load_cifar10(tiny_tree, full=False), lambda: lib.read_image(link)):
+        with pytest.raises(lib.NormbookError, match="cat/0003.png is a dangling symbolic link") as e:
+            load()
+        assert "\n" not in str(e.value) and e.value.__cause__ is None and e.value.__suppress_context__
+
+
+def test_an_image_rewritten_in_place_with_the_same_size_time_and_inode_rebuilds_the_cache(tiny_tree):
+    f = tiny_tree / "train" / "cat" / "0000.png"
+    rng = np.random.default_rng(2)
+    old, new = (rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(2))
+    Image.fromarray(old).save(f, compress_level=0)          # stored, not deflated: both files the same size
+    assert (lib.load_cifar10(tiny_tree, full=False).train_x[CAT0].permute(1, 2, 0).numpy() == old).all()
+    before = os.stat(f)
+    Image.fromarray(new).save(tiny_tree / "new.png", compress_level=0)
+    with open(f, "r+b") as out:                             # same inode
+        out.write((tiny_tree / "new.png").read_bytes())
+    os.utime(f, ns=(before.st_atime_ns, before.st_mtime_ns))  # same time
+    after = os.stat(f)
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
+    assert (lib.load_cifar10(tiny_tree, full=False).train_x[CAT0].permute(1, 2, 0).numpy() == new).all()
+
+
+def test_touching_unchanged_images_keeps_the_cache(tiny_tree, monkeypatch):
+    good = lib.load_cifar10(tiny_tree, full=False)
+    for f in (tiny_tree / "train" / "dog").iterdir():
+        os.utime(f, ns=(0, 10**18))                         # another time, the same bytes
+    def decode(*a):
+        raise AssertionError("decoded again: the cache was not used")
+    monkeypatch.setattr(lib, "_read_image_folder", decode)
+    assert torch.equal(lib.load_cifar10(tiny_tree, full=False).train_x, good.train_x)
 
 
 def test_missing_data_offline_says_how_to_provide_it(tmp_path, monkeypatch):
