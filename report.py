@@ -16,13 +16,15 @@ import lib
 # =============================================================================================
 
 def main_runs(seed: int = 0) -> dict[str, dict]:
-    """The run of each norm that the book reports on (seed 0), keyed by norm; refuses a missing one."""
-    runs = {norm: dict(lib.read_json(lib.ROOT / "runs" / f"{norm}-s{seed}" / "metrics.json"), run=f"{norm}-s{seed}")
-            for norm in lib.NORMS}
-    for norm, m in runs.items():
-        if (m.get("norm"), m.get("seed")) != (norm, seed):
-            raise lib.NormbookError(f"runs/{norm}-s{seed}/metrics.json holds norm {m.get('norm')!r}, seed "
-                                    f"{m.get('seed')!r}: not the run its folder names")
+    """The run of each norm that the book reports on (seed 0), keyed by norm, each verified and checked against
+    its predictions and its folder's name when read (lib.load_metrics); refuses a missing one."""
+    runs = {}
+    for norm in lib.NORMS:
+        found = lib.load_metrics(f"{norm}-s{seed}")
+        if not found:
+            raise lib.NormbookError(f"{lib.ROOT / 'runs' / f'{norm}-s{seed}' / 'metrics.json'} is missing: "
+                                    f"train it with `make run NORM={norm}`")
+        runs[norm] = found[0]
     return runs
 
 
@@ -134,7 +136,7 @@ def plot_norm_axes(narrow: bool = False):
     import matplotlib.pyplot as plt
     import numpy as np
     n, c, hw = 6, 8, 5
-    fig = plt.figure(figsize=(PHONE_IN - 0.3, 4.0) if narrow else (13, 3.8))
+    fig = plt.figure(figsize=(PHONE_IN - 0.3, 4.0) if narrow else (9, 3.0))
     for i, (title, (samples, channels)) in enumerate(NORM_AXES.items()):
         ax = fig.add_subplot(2, 2, i + 1, projection="3d") if narrow else fig.add_subplot(1, 4, i + 1, projection="3d")
         mask = np.zeros((n, c, hw), bool)
@@ -370,7 +372,8 @@ def findings() -> list[dict]:
                 + " (final test accuracy, " + (f"mean ± std over {seeds} seeds): " if seeds > 1 else "seed 0): ")
                 + f"{best.upper()} leads {worst.upper()} by {gap:.2f} points; {lowest[0].upper()} and "
                 f"{lowest[1].upper()} differ by {diff:.2f}" + ("." if math.isnan(spread) else
-                f", {'below' if level(rows[lowest[0]], rows[lowest[1]], spread) else 'above'} twice the largest seed-to-seed std ({2 * spread:.2f})."))]
+                f", {'below' if level(rows[lowest[0]], rows[lowest[1]], spread) else 'above'} twice the largest seed-to-seed "
+                f"std (2 × {spread:.2f} = {2 * spread:.2f})."))]
     lead = {e: runs["bn"]["history"][e]["test_acc"] - max(runs[n]["history"][e]["test_acc"] for n in ("gn", "ln"))
             for e in (0, -1)}
     out.append(dict(title="Early epochs", value=lead[0], text=f"after one epoch BN's test accuracy is {lead[0]:+.1f} points "
@@ -987,7 +990,8 @@ def bench_source(bench: dict) -> str:
     p = bench["pipelines"][0]
     return (f"Measured on **{p['device']}** ({p['threads']} threads, clock {p['clock_ghz']} GHz), PyTorch {p['torch']}, "
             f"batch size {p['batch_size']}, {p['images_timed']:,} training images timed per pipeline and norm; every "
-            f"step below is timed in {bench['precision']}, the precision training uses on this CPU.")
+            f"training step on this CPU runs in {bench['precision']}: the first table times both precisions, the "
+            f"others {bench['precision']} alone.")
 
 
 def options_table(bench: dict) -> dict:
@@ -1285,6 +1289,8 @@ def lever_stages(v: dict) -> dict:
     rows, adopt = [], None
     for lever in [*LEVERS, *(l for l in deltas if l not in LEVERS)]:
         per_norm = deltas.get(lever, {})
+        if not per_norm:
+            continue
         row = {"lever": lever}
         verdicts = {}
         for n in lib.NORMS:
@@ -1299,7 +1305,7 @@ def lever_stages(v: dict) -> dict:
         seeds = min((len(per_norm.get(n, {})) for n in lib.NORMS), default=0)
         row["runs"] = sum(len(d) for d in per_norm.values())
         if len(verdicts) < len(lib.NORMS):
-            row["verdict"] = "not measured for every norm"
+            row["verdict"] = f"screened for {and_join(SHORT[n] for n in lib.NORMS if n in verdicts)}"
         elif seeds == 1:
             passed = [SHORT[n] for n, x in verdicts.items() if x == "passes the screen"]
             row["verdict"] = f"passes the screen ({', '.join(passed)})" if passed else "stops at the screen"
@@ -1308,18 +1314,15 @@ def lever_stages(v: dict) -> dict:
         if lever == experiments.COMBINED and seeds >= 3:
             gains = sum(x == "gain" for x in verdicts.values())
             adopt = gains >= 2 and "loss" not in verdicts.values()
-        if per_norm:
-            rows.append(row)
+        rows.append(row)
     table = pd.DataFrame(rows).set_index("lever") if rows else pd.DataFrame()
-    screened = [r for r in rows if r["lever"] in LEVERS and r["verdict"] != "not measured for every norm"]
-    text = (f"{len(screened)} of the {len(LEVERS)} levers are screened for every norm: one run per norm at seed 0, each "
-            "against the recipe "
+    text = ("The screen is one run per norm at seed 0, each against the recipe "
             f"run of its norm and seed. A lever passes the screen when its gain reaches {screen_bar:.2f} points for at "
             "least one norm (one standard deviation of the difference of two single runs: a lenient bar, so that a real "
             f"gain is rarely lost); it is then measured at seeds 0–2 and judged by its mean against ±{v['threshold']:.2f}/√3. ")
     if adopt is None:
-        text += ("The recipe of the reported runs is unchanged: no combination of levers has been measured at three "
-                 "seeds with a gain beyond noise for two norms.")
+        text += ("The recipe of the reported runs is the one without these levers: no combination of them is shown "
+                 "below at three seeds with a gain beyond noise for two norms.")
     elif adopt:
         text += "The combination of the levers that passed gains beyond noise for at least two norms and hurts none."
     else:
@@ -1349,9 +1352,6 @@ def ceiling(main: dict[str, dict]) -> dict:
         f"At {e} epochs the recipe reaches " + ", ".join(f"{n.upper()} {runs[n, e]['final_test_acc']:.2f} %" for n in lib.NORMS)
         + f" ({sum(runs[n, e]['final_test_acc'] >= experiments.TARGETS[n] for n in lib.NORMS)} of 3 at or above their "
         f"reference point), {min(change(e)):+.2f} to {max(change(e)):+.2f} points against 20 epochs." for e in done)
-    left = [f"{n.upper()} at {e}" for e in epochs for n in lib.NORMS if (n, e) not in runs]
-    if left:
-        text += " Not measured: " + ", ".join(left) + " epochs."
     first = next(iter(runs.values()))
     text += f" Data: {first['data']}; device: {first['device']}; seed 0; test set."
     return dict(table=table, text=text)
@@ -1365,13 +1365,13 @@ def targets_text(rows: list[dict]) -> str:
 
 
 def plans_table():
-    """Every experiment: its folder, its question, where it runs and how many runs it holds of how many."""
+    """Every experiment that holds runs: its folder, its question, where it ran and how many runs it holds."""
     import experiments
     import pandas as pd
+    held = {f: len(experiments.planned(f)) - len(experiments.missing(f)) for f in experiments.plan_dirs()}
     return pd.DataFrame([{"folder": f"runs/{f.name}/", "question": experiments.load_plan(f)["title"],
-                          "device": experiments.load_plan(f)["device"].upper(),
-                          "runs": f"{len(experiments.planned(f)) - len(experiments.missing(f))} of {len(experiments.planned(f))}"}
-                         for f in experiments.plan_dirs()]).set_index("folder")
+                          "device": experiments.load_plan(f)["device"].upper(), "runs": n}
+                         for f, n in held.items() if n]).set_index("folder")
 
 
 # =============================================================================================
@@ -1643,7 +1643,8 @@ def recommendations(rows: list[dict], batch: dict, groups: dict, rob: dict, spee
         text += (f"In the batch-size sweep it is never behind the better of the other two beyond the seed noise from "
                  f"batch {first} up" + (f"; at batch {and_join(batch['behind'])} it is behind by "
                  + and_join(f"{-batch['lead'][b]['change']:.1f}" for b in batch["behind"]) + " points." if batch["behind"] else "."))
-        short = (f"**BatchNorm** when each step sees {first} or more images: the most accurate (+{lead:.1f} points at batch 128)"
+        short = (f"**BatchNorm** when each step sees {first} or more images: never behind there beyond the noise, and the "
+                 f"most accurate at batch 128 (+{lead:.1f} points)"
                  if lead > 0 else f"**Any of the three** when each step sees {first} or more images")
         short += (f"; with fewer, **{short_name(batch['lead'][max(batch['behind'])]['other'])}**." if batch["behind"] else ".")
     else:
@@ -1663,7 +1664,8 @@ def recommendations(rows: list[dict], batch: dict, groups: dict, rob: dict, spee
             f"recompute its statistics on the new images (AdaBN): that alone takes it to {r['bn']['adabn']:.1f} %.")
     short = ((f"**GroupNorm or LayerNorm** for shifted inputs or predictions that must not depend on the batch "
               f"({r['gn']['corrupted']:.0f} and {r['ln']['corrupted']:.0f} % under corruptions; BatchNorm "
-              f"{r['bn']['corrupted']:.0f} %, {r['bn']['adabn']:.0f} % with recomputed statistics).") if gnln_better else
+              f"{r['bn']['corrupted']:.0f} %, or {r['bn']['adabn']:.0f} % if its statistics are recomputed on a batch of "
+              f"the shifted images).") if gnln_better else
              "Under shifted inputs **none** of the three clearly ahead.")
     out.append(dict(topic="Shifted inputs, one image at a time", short=short, text=text,
                     link=("why", "shifted-inputs")))
@@ -1688,8 +1690,8 @@ def recommendations(rows: list[dict], batch: dict, groups: dict, rob: dict, spee
             + ", ".join(f"{short_name(n)} {fast[n]:,.0f}" for n in lib.NORMS) + f" images per second; "
             f"{short_name(slow)} is the slowest there, a matter of PyTorch's CPU kernels rather than of the "
             "arithmetic, which is about the same for the three.")
-    short = (f"**Cost**: the same parameters; on this CPU {short_name(slow)} takes {100 * (fast[top] / fast[slow] - 1):.0f} % "
-             f"longer to train than {short_name(top)}.")
+    short = (f"**Cost**: the same parameters; on this CPU a training step of {short_name(slow)} takes "
+             f"{100 * (fast[top] / fast[slow] - 1):.0f} % longer than one of {short_name(top)}.")
     out.append(dict(topic="Cost", short=short, text=text, link=("performance", None)))
     return out
 

@@ -31,7 +31,9 @@ def test_papermill_smoke_run_produces_notebook_metrics_weights_and_predictions(t
     nb = nbformat.read(tmp_path / "ln.ipynb", as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o["output_type"] == "error"]
-    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3       # curves, mistakes, confusion matrix
+    pictures = [o["data"]["text/html"] for o in outputs if '<picture class="responsive">' in o.get("data", {}).get("text/html", "")]
+    assert len(pictures) == 3 and all(p.count("data:image/png;base64,") == 2 for p in pictures)   # curves, mistakes,
+    assert not [o for o in outputs if "image/png" in o.get("data", {})]     # confusion: each in a desktop and a phone design
     assert nb.cells[1].source.startswith("# Run: {glue:text}`norm_title`")             # the title, glued from norm
     assert any(o.get("metadata", {}).get("scrapbook", {}).get("name") == "norm_title" and
                "LayerNorm" in str(o["data"]) for o in outputs)

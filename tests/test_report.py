@@ -77,7 +77,7 @@ def test_findings_come_from_the_artifacts(tmp_path, monkeypatch):
     found = {f["title"]: f for f in report.findings()}
     assert found["Ranking"]["value"] == pytest.approx(82.5 - 79.25)
     assert found["Ranking"]["text"].startswith("BN 82.50 ± 0.71 % > GN 80.25 ± 0.35 % > LN 79.25 ± 0.35 %")
-    assert found["Ranking"]["text"].endswith("GN and LN differ by 1.00, below twice the largest seed-to-seed std (1.41).")
+    assert found["Ranking"]["text"].endswith("GN and LN differ by 1.00, below twice the largest seed-to-seed std (2 × 0.71 = 1.41).")
     assert "for every norm, airplane ↔ automobile" in found["Most confused pair"]["text"]   # the made-up mistakes
     small = found["Small batches"]
     assert small["value"] == -10.0 and "(the reported recipe on 1,000 images for 1 epochs, paired by seed)" in small["text"]
@@ -154,7 +154,7 @@ def test_a_run_folder_renamed_by_hand_is_refused(tmp_path, monkeypatch):
     (runs / "bn-s0").rename(runs / "tmp")
     (runs / "gn-s0").rename(runs / "bn-s0")
     (runs / "tmp").rename(runs / "gn-s0")
-    with pytest.raises(lib.NormbookError, match="bn-s0/metrics.json holds norm 'gn', seed 0: not the run its folder names"):
+    with pytest.raises(lib.NormbookError, match="bn-s0/metrics.json holds norm 'gn', seed 0: not the run its folder bn-s0 names"):
         report.summary_rows()
     with pytest.raises(lib.NormbookError, match="holds norm 'bn'"):
         lib.load_metrics("gn-s*")
