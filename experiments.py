@@ -395,7 +395,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     try:
         run_command(args)
-    except lib.NormbookError as e:
+    except (lib.NormbookError, OSError) as e:            # OSError: a full disk, a read-only folder
         sys.exit(f"experiments.py: {e}")
 
 

@@ -113,7 +113,7 @@ def check_params(norm: str, epochs: int = MAX_EPOCHS, batch_size: int = MAIN_BAT
     measurement outside the exercise's budget, such as the ceiling experiment, raises it."""
     choose("norm", norm, NORMS)
     check_int("epochs", epochs, 1, max_epochs)
-    check_int("seed", seed, 0)
+    check_int("seed", seed, 0, 2**63 - 1)             # torch.manual_seed takes no more
     check_int("subset", subset, 0, n_train)
     check_int("batch_size", batch_size, 1, subset or n_train)
     choose("precision", precision, PRECISIONS)

@@ -35,6 +35,19 @@ def trained_like(r: dict) -> tuple:
             tuple(sorted(lib.recorded_recipe(r).items(), key=str)), r["precision"])
 
 
+def model_records(folder: str) -> list[dict]:
+    """The records of runs/<folder>/ (robustness, fit): one per saved model, <norm>-s<seed>.json, each holding
+    that norm and seed; a stray or renamed file is refused in one line, naming it."""
+    out = []
+    for path in sorted((lib.ROOT / "runs" / folder).glob("*.json")):
+        r = lib.read_json(path)
+        if path.stem != f"{r.get('norm')}-s{r.get('seed')}" or r.get("norm") not in lib.NORMS:
+            raise lib.NormbookError(f"{path} is not a record of a saved model (<norm>-s<seed>.json holding that norm "
+                                    "and seed): remove it, or run `make robustness`")
+        out.append(r)
+    return out
+
+
 def seed_runs(m: dict) -> list[dict]:
     """Every run of m's norm trained like m: its error bars."""
     return [r for r in lib.load_metrics(f"{m['norm']}-s[0-9]*") if trained_like(r) == trained_like(m)]
@@ -395,7 +408,7 @@ def findings() -> list[dict]:
             f"{n.upper()} {worst[n]['change_change']:+.2f}" for n in lib.NORMS) + " points"
         + "; " + (f"BN falls behind the better of GN and LN at batch {', '.join(map(str, batch['behind']))}."
                   if batch["behind"] else "BN is never behind the better of GN and LN beyond the seed noise."))))
-    rob = lib.read_jsons(lib.ROOT / "runs" / "robustness")
+    rob = model_records("robustness")
     if {r["norm"] for r in rob} != set(lib.NORMS):
         raise lib.NormbookError("runs/robustness/ lacks a norm: run `make robustness`")
     avg = lambda norm, get: statistics.mean(get(r) for r in rob if r["norm"] == norm)
@@ -714,7 +727,7 @@ def glue_all(numbers: dict) -> None:
 
 def robustness_runs() -> list[dict]:
     """Every record in runs/robustness/, by norm and seed; refuses an empty folder."""
-    rob = sorted(lib.read_jsons(lib.ROOT / "runs" / "robustness"), key=lambda r: (r["norm"], r["seed"]))
+    rob = sorted(model_records("robustness"), key=lambda r: (r["norm"], r["seed"]))
     if not rob:
         raise lib.NormbookError("no results in runs/robustness/: run `make robustness` first")
     return rob
@@ -1503,7 +1516,7 @@ def ghost_rows(runs: list[dict]) -> list[dict]:
 def fit_rows() -> list[dict]:
     """Per norm, means over the reported runs' seeds (runs/fit/, robustness.fit): accuracy and plain
     cross-entropy on the clean training images and on the test images, in eval mode; and the gap."""
-    fits = lib.read_jsons(lib.ROOT / "runs" / "fit")
+    fits = model_records("fit")
     out = []
     for norm in lib.NORMS:
         mine = [f for f in fits if f["norm"] == norm]
@@ -1982,6 +1995,6 @@ def answer() -> dict:
     batch = batch_summary(batch_runs)
     why = why_bn_leads(fit_rows(), batch_runs, diverged(BATCH_SWEEP))
     groups = group_summary(group_rows(group_runs), noise(group_runs))
-    recs = recommendations(rows, batch, groups, robustness_summary(lib.read_jsons(lib.ROOT / "runs" / "robustness")),
+    recs = recommendations(rows, batch, groups, robustness_summary(model_records("robustness")),
                            lib.read_json(lib.ROOT / "bench" / "results.json")["pipelines"])
     return dict(rows=rows, batch=batch, why=why, recs=recs, text=answer_text(rows, why))

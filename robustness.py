@@ -200,5 +200,5 @@ def main(argv=None) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except lib.NormbookError as e:
+    except (lib.NormbookError, OSError) as e:            # OSError: a full disk, a read-only folder
         sys.exit(f"robustness.py: {e}")

@@ -93,3 +93,9 @@ def test_a_record_lacking_a_recipe_key_is_refused_in_one_error_naming_the_keys()
     del record["recipe"]["bn_ghost"], record["recipe"]["whiten"]
     with pytest.raises(lib.NormbookError, match=r"^a run record \(bn, seed 0\) lacks recipe keys bn_ghost, whiten: "):
         lib.recorded_recipe(record)
+
+
+@pytest.mark.parametrize("seed", [2**63, 2**64, -1, 1.5, True])
+def test_a_seed_torch_cannot_take_is_refused_in_one_error(seed):
+    with pytest.raises(lib.NormbookError, match=r"seed=.* is invalid"):
+        lib.check_params("bn", seed=seed)

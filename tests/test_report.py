@@ -158,3 +158,12 @@ def test_a_run_folder_renamed_by_hand_is_refused(tmp_path, monkeypatch):
         report.summary_rows()
     with pytest.raises(lib.NormbookError, match="holds norm 'bn'"):
         lib.load_metrics("gn-s*")
+
+
+def test_a_stray_file_among_the_model_records_is_refused_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(lib, "ROOT", tmp_path)
+    fake_robustness(tmp_path)
+    assert len(report.model_records("robustness")) == 3
+    lib.write_json(dict(note="scratch"), tmp_path / "runs" / "robustness" / "notes.json")
+    with pytest.raises(lib.NormbookError, match="notes.json is not a record of a saved model"):
+        report.model_records("robustness")
