@@ -76,6 +76,7 @@ def _chromium(tmp_path, width, height):
                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 f"--user-data-dir={tmp_path / f'profile{width}'}", f"--window-size={width},{height}"):
         opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})     # the page's JavaScript errors
     if width < 500:
         opts.add_experimental_option("mobileEmulation", {"deviceMetrics": {"width": width, "height": height, "pixelRatio": 2}})
     return webdriver.Chrome(service=Service(driver), options=opts)
@@ -141,6 +142,9 @@ def test_desktop_answer_first_images_and_links(site, tmp_path):
             assert where[1] <= where[2] < 1e9, f"the key figure ({where[2]} px) does not follow the recommendations"
         if page == "results":
             assert len(images) >= 8, f"results page shows only {len(images)} images"
+        scripts = [e["message"] for e in browser.get_log("browser")          # a CDN out of reach is no page error
+                   if e["level"] == "SEVERE" and ("Uncaught" in e["message"] or "SyntaxError" in e["message"])]
+        assert not scripts, f"{page}: JavaScript errors: {scripts}"
         wide = browser.execute_script("""return Array.from(document.querySelectorAll('main table.dataframe'))
             .filter(t => t.scrollWidth > t.clientWidth + 1).map(t => t.querySelector('th, td').textContent.trim())""")
         assert not wide, f"{page}: tables wider than their box at 1366 px (a column hides): {wide}"
