@@ -1783,7 +1783,9 @@ def batch_text(batch: dict, control: dict, rows: list[dict]) -> str:
         f"{order(control['order_10'])} with the sweep's budget and {order(control['order_20'])} with twice the steps"
         + (": the budget does not decide it." if same else ": the budget changes it, so read the order with care."),
         f"**Against the reported runs.** At batch 128 the reported runs (20 epochs, all 50,000 images) rank "
-        f"{order(main_order)}; " + (f"the sweep agrees that {main_order[0].upper()} leads"
+        f"{order(main_order)}" + (" (the last two level within twice the seed spread, so their order is no finding)"
+                                  if level(*[r for r in rows if r["norm"] in main_order[1:]], seed_spread(rows)) else "")
+        + "; " + (f"the sweep agrees that {main_order[0].upper()} leads"
                                    if main_order[0] == control["order_10"][0] else
                                    f"the sweep puts {control['order_10'][0].upper()} first instead")
         + f", with larger gaps at its shorter budget (BN − better other: {batch['lead'][128]['change']:+.2f} points here, "
