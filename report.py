@@ -1656,8 +1656,8 @@ def recommendations(rows: list[dict], batch: dict, groups: dict, rob: dict, spee
         text += (f"In the batch-size sweep it is never behind the better of the other two beyond the seed noise from "
                  f"batch {first} up" + (f"; at batch {and_join(batch['behind'])} it is behind by "
                  + and_join(f"{-batch['lead'][b]['change']:.1f}" for b in batch["behind"]) + " points." if batch["behind"] else "."))
-        short = (f"**BatchNorm** when each step sees {first} or more images: never behind there beyond the noise, and the "
-                 f"most accurate at batch 128 (+{lead:.1f} points)"
+        short = (f"**BatchNorm** from {first} images a step up: never behind beyond the noise, and +{lead:.1f} points "
+                 "at batch 128"
                  if lead > 0 else f"**Any of the three** when each step sees {first} or more images")
         short += (f"; with fewer, **{short_name(batch['lead'][max(batch['behind'])]['other'])}**." if batch["behind"] else ".")
     else:
@@ -1675,10 +1675,10 @@ def recommendations(rows: list[dict], batch: dict, groups: dict, rob: dict, spee
             + f"; no GroupNorm or LayerNorm prediction depends on a batch companion, while BatchNorm evaluated with batch "
             f"statistics changes {r['bn']['changed_2']:.0f} % of its predictions in batches of 2. If you keep BatchNorm, "
             f"recompute its statistics on the new images (AdaBN): that alone takes it to {r['bn']['adabn']:.1f} %.")
-    short = ((f"**GroupNorm or LayerNorm** for shifted inputs or predictions that must not depend on the batch "
+    short = ((f"**GroupNorm or LayerNorm** for shifted inputs or batch-independent predictions "
               f"({r['gn']['corrupted']:.0f} and {r['ln']['corrupted']:.0f} % under corruptions; BatchNorm "
-              f"{r['bn']['corrupted']:.0f} %, or {r['bn']['adabn']:.0f} % if its statistics are recomputed on a batch of "
-              f"the shifted images).") if gnln_better else
+              f"{r['bn']['corrupted']:.0f} %, {r['bn']['adabn']:.0f} % with statistics recomputed on a batch of them).")
+             if gnln_better else
              "Under shifted inputs **none** of the three clearly ahead.")
     out.append(dict(topic="Shifted inputs, one image at a time", short=short, text=text,
                     link=("why", "shifted-inputs")))
