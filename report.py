@@ -564,23 +564,18 @@ def plot_bn_noise(ghosts: list[dict], frozen: dict, narrow: bool = False):
                        [[0.0 if n == 128 else p["change"] - p["lo"] for n, p in pts],
                         [0.0 if n == 128 else p["hi"] - p["change"] for n, p in pts]])
     labels = {"ghost_change": "ghost batch in batch 128", "batch_change": "real batch" if narrow else "real batch (LR scaled)"}
-    mid = {k: dict(zip(x, y)) for k, (x, y, _) in series.items()}
-    common = sorted(set(mid["ghost_change"]) & set(mid["batch_change"]) - {128})
-    at = common[len(common) // 2] if common else None
-    upper = max(mid, key=lambda k: mid[k].get(at, 0.0))
     for key, (x, y, err) in series.items():
         ax.errorbar(x, y, yerr=err, fmt="o-" if key == "ghost_change" else "s--", capsize=3, color=COLORS["bn"],
-                    alpha=1 if key == "ghost_change" else 0.55)
-        if at in mid[key]:              # labelled at a middle point: the upper line above it, the lower below
-            ax.annotate(labels[key], (at, mid[key][at]), xytext=(0, 9 if key == upper else -11), textcoords="offset points",
-                        ha="center", va="bottom" if key == upper else "top", color=COLORS["bn"], fontsize=MIN_PT if narrow else 10)
+                    alpha=1 if key == "ghost_change" else 0.55, label=labels[key])
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False,   # below the axes: it crosses no line
+              fontsize=MIN_PT if narrow else 10)
     if frozen["n"]:
         ax.axhline(frozen["change"], color="0.35", ls=":", lw=1.5)
         ax.annotate("frozen after warm-up" if narrow else "statistics frozen after warm-up", (ghosts[0]["images"], frozen["change"]),
                     xytext=(0, 4), textcoords="offset points", fontsize=MIN_PT if narrow else 10, color="0.35")
     ax.axhline(0, color="0.5", lw=0.8)
     lo, hi = ax.get_ylim()
-    ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.15 * (hi - lo))          # room for the labels
+    ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
     ax.set_xscale("log", base=2)
     xs = [g["images"] for g in ghosts]
     ax.set_xticks(xs, [str(n) for n in xs])
