@@ -996,10 +996,11 @@ def weight_std(folder: str = "runs/weight-std", noise_from: str = "runs/tune") -
 
 def bench_source(bench: dict) -> str:
     p = bench["pipelines"][0]
+    precision = p["lib_setting"].split(",")[0]          # as the timed training run recorded it
     return (f"Measured on **{p['device']}** ({p['threads']} threads, clock {p['clock_ghz']} GHz), PyTorch {p['torch']}, "
             f"batch size {p['batch_size']}, {p['images_timed']:,} training images timed per pipeline and norm; every "
-            f"training step on this CPU runs in {bench['precision']}: the first table times both precisions, the "
-            f"others {bench['precision']} alone.")
+            f"training step on this CPU runs in {precision}: the first table times both precisions, the "
+            f"others {precision} alone.")
 
 
 def options_table(bench: dict) -> dict:

@@ -265,7 +265,7 @@ def main():
     compiled = compile_table()
     lib.atomic_write(Path(args.out), lambda f: f.write(json.dumps(
         dict(pipelines=results, options=options, group_norm=group_norm, activations=activations,
-             compiled=compiled, recipe=lib.RECIPE, precision=TRAINS_IN), indent=1).encode()))
+             compiled=compiled, recipe=lib.RECIPE), indent=1).encode()))
 
 
 if __name__ == "__main__":
