@@ -79,11 +79,8 @@ def load_plan(folder: str | Path) -> dict:
     if len(set(runs)) < len(runs):
         raise lib.NormbookError(f"{where} names a run twice: {sorted({r for r in runs if runs.count(r) > 1})[0]}")
     for norm, name, seed in runs:                  # every run's settings, checked before any data is loaded
-        args = settings(plan, name)
         try:
-            lib.check_params(norm, args["epochs"], args["batch_size"], seed, groups=args["groups"],
-                             max_epochs=args["max_epochs"], precision=plan.get("precision", "auto"),
-                             recipe=args["recipe"], n_train=n_train)
+            lib.check_params(run_spec(plan, norm, name, seed), n_train=n_train)
         except lib.NormbookError as e:
             raise lib.NormbookError(f"{where}: {norm} {name!r}: {e}") from None
     return plan
@@ -94,11 +91,15 @@ def run_path(folder: Path, norm: str, name: str, seed: int) -> Path:
 
 
 def settings(plan: dict, name: str) -> dict:
-    """A variant's arguments to lib.train: recipe, batch_size, groups, epochs, max_epochs."""
+    """A variant's settings, lib.RunSpec's fields: recipe, batch_size, groups, epochs, max_epochs."""
     change = dict(plan["variants"][name])
     return dict(batch_size=change.pop("batch_size", lib.MAIN_BATCH), groups=change.pop("groups", None),
                 epochs=change.pop("epochs", plan["epochs"]), max_epochs=plan.get("max_epochs", lib.MAX_EPOCHS),
                 recipe={**lib.RECIPE, **plan["baseline"], **change})
+
+
+def run_spec(plan: dict, norm: str, name: str, seed: int) -> lib.RunSpec:
+    return lib.RunSpec(norm, seed=seed, precision=plan.get("precision", "auto"), **settings(plan, name))
 
 
 def planned(folder: str | Path) -> list[tuple[Path, str, str, int]]:
@@ -113,8 +114,8 @@ def missing(folder: str | Path) -> list[tuple[Path, str, str, int]]:
     return [r for r in planned(folder) if not r[0].exists()]
 
 
-def check_machine(folder: Path, plan: dict, device: str | None = None) -> str:
-    """The plan's precision, after refusing a machine that cannot run the plan as planned."""
+def check_machine(folder: Path, plan: dict, device: str | None = None) -> None:
+    """Refuse a machine that cannot run the plan as planned."""
     if plan["device"] == "cuda" and (device or lib.pick_device().type) != "cuda":
         raise lib.NormbookError(f"{folder.name} runs on a CUDA GPU; none is visible to PyTorch")
     precision = plan.get("precision", "auto")
@@ -122,7 +123,6 @@ def check_machine(folder: Path, plan: dict, device: str | None = None) -> str:
     if precision == "bf16" and not lib.bf16_supported(torch.device(device) if device else lib.pick_device()):
         raise lib.NormbookError(f"{folder.name} is pinned to bf16, which this machine lacks (it would be emulated, "
                                 f"about ten times slower); its runs are left for a machine with bf16")
-    return precision
 
 
 def plan_data(plan: dict, data: lib.Cifar10) -> lib.Cifar10:
@@ -134,20 +134,19 @@ def plan_data(plan: dict, data: lib.Cifar10) -> lib.Cifar10:
 def train_run(folder: Path, plan: dict, norm: str, name: str, seed: int, data: lib.Cifar10,
               device: str | None = None) -> dict:
     """Train one run of a plan on plan_data's data; return its record, as the plan's folder stores it."""
-    precision = check_machine(folder, plan, device)
-    args, split = settings(plan, name), plan["data"]
-    model, m, predictions = lib.train(norm, seed=seed, data=data, device=device, progress=False,
-                                      precision=precision, **args)
+    check_machine(folder, plan, device)
+    spec, split = run_spec(plan, norm, name, seed), plan["data"]
+    model, m, predictions = lib.train(spec, data, device=device, progress=False)
     if "holdout" in split:
         m.update(tuning=name, change=plan["variants"][name], tuning_baseline=plan["baseline"],
                  evaluated_on="validation", final_val_acc=m["final_test_acc"],
                  final_val_acc_tta=m["final_test_acc_tta"])
     else:
-        m.update(sweep=folder.name.removeprefix("sweep-"), groups=args["groups"] if norm == "gn" else None,
-                 budget=dict(n_train=split["n_train"], epochs=args["epochs"]))
+        m.update(sweep=folder.name.removeprefix("sweep-"), groups=spec.groups if norm == "gn" else None,
+                 budget=dict(n_train=split["n_train"], epochs=spec.epochs))
     if plan.get("bn_batch_stats") and norm == "bn":   # the same model, with the statistics of test batches
         probs = lib.predict(model, data.test_x, m["mean"], m["std"], m["precision"],
-                            batch_size=args["batch_size"], batch_stats=True)
+                            batch_size=spec.batch_size, batch_stats=True)
         m["final_test_acc_batch_stats"] = lib.accuracy(probs, data.test_y)
     return m
 

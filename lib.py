@@ -21,6 +21,7 @@ import platform
 import shutil
 import tempfile
 import time
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -102,27 +103,40 @@ def check_int(name: str, value, low: int, high: int | None = None) -> None:
         raise NormbookError(f"{name}={value!r} is invalid: use {allowed}")
 
 
-def check_params(norm: str, epochs: int = MAX_EPOCHS, batch_size: int = MAIN_BATCH, seed: int = 0,
-                 subset: int = 0, groups: int | str | None = None, precision: str = "auto",
-                 max_epochs: int = MAX_EPOCHS, recipe: dict | None = None, trace_every: int = 0,
-                 n_train: int = FULL_TRAIN) -> dict:
-    """Refuse bad run parameters (train's) with a one-line message, before any work is done; return the
-    run's whole recipe, RECIPE with `recipe`'s changes. The one check of a run: train calls it, and the
-    training notebook and experiments.py call it before they load any data.
-    n_train: the training images at hand, which subset and batch_size must fit in; max_epochs: only a
-    measurement outside the exercise's budget, such as the ceiling experiment, raises it."""
-    choose("norm", norm, NORMS)
-    check_int("epochs", epochs, 1, max_epochs)
-    check_int("seed", seed, 0, 2**63 - 1)             # torch.manual_seed takes no more
-    check_int("subset", subset, 0, n_train)
-    check_int("batch_size", batch_size, 1, subset or n_train)
-    choose("precision", precision, PRECISIONS)
-    if groups is not None:
-        if norm != "gn":
-            raise NormbookError(f"groups={groups!r} only applies to norm='gn', not {norm!r}")
-        group_count(groups, GN_GROUPS)          # raises on a malformed value
-    check_int("trace_every", trace_every, 0)
-    return check_recipe({**RECIPE, **(recipe or {})})
+@dataclass(frozen=True)
+class RunSpec:
+    """What decides a run's numbers; how and where it runs are train's other arguments.
+    subset: train and test on the first that many images (0: all); groups: GroupNorm's groups (None: GN_GROUPS);
+    recipe: changes to RECIPE; precision: "fp32", "bf16" (autocast) or "auto" (bf16 where the hardware has it);
+    max_epochs: only a measurement outside the exercise's budget, such as the ceiling experiment, raises it."""
+    norm: str
+    _: KW_ONLY
+    epochs: int = MAX_EPOCHS
+    batch_size: int = MAIN_BATCH
+    seed: int = 0
+    subset: int = 0
+    groups: int | str | None = None
+    recipe: dict = field(default_factory=dict)
+    precision: str = "auto"
+    max_epochs: int = MAX_EPOCHS
+
+
+def check_params(spec: RunSpec, n_train: int = FULL_TRAIN) -> dict:
+    """Refuse a bad RunSpec with a one-line message, before any work is done; return the run's whole recipe,
+    RECIPE with the spec's changes. The one check of a run: train calls it, and the training notebook and
+    experiments.py call it before they load any data. n_train: the training images at hand, which subset and
+    batch_size must fit in."""
+    choose("norm", spec.norm, NORMS)
+    check_int("epochs", spec.epochs, 1, spec.max_epochs)
+    check_int("seed", spec.seed, 0, 2**63 - 1)             # torch.manual_seed takes no more
+    check_int("subset", spec.subset, 0, n_train)
+    check_int("batch_size", spec.batch_size, 1, spec.subset or n_train)
+    choose("precision", spec.precision, PRECISIONS)
+    if spec.groups is not None:
+        if spec.norm != "gn":
+            raise NormbookError(f"groups={spec.groups!r} only applies to norm='gn', not {spec.norm!r}")
+        group_count(spec.groups, GN_GROUPS)          # raises on a malformed value
+    return check_recipe({**RECIPE, **spec.recipe})
 
 
 def check_recipe(recipe: dict) -> dict:
@@ -653,26 +667,24 @@ class TrainedRun(NamedTuple):
     predictions: dict    # probs (n_test, 10) of the evaluation behind final_test_acc, and the labels
 
 
-def train(norm: str = "bn", epochs: int = MAX_EPOCHS, batch_size: int = MAIN_BATCH, seed: int = 0,
-          data: Cifar10 | None = None, data_dir: str | Path = "data", subset: int = 0,
-          groups: int | str | None = None, recipe: dict | None = None, precision: str = "auto",
-          device: str | torch.device | None = None, progress: bool = True,
-          cuda_graphs: bool | None = None, trace_every: int = 0, max_epochs: int = MAX_EPOCHS) -> TrainedRun:
-    """Train one model; return (model, metrics, predictions). Nothing is written here (see save_run).
-    Every parameter is checked first, by check_params.
+def train(spec: RunSpec, data: Cifar10 | None = None, *, data_dir: str | Path = "data",
+          device: str | torch.device | None = None, progress: bool = True, cuda_graphs: bool | None = None,
+          trace_every: int = 0) -> TrainedRun:
+    """Train the run `spec` describes; return (model, metrics, predictions). Nothing is written here (see
+    save_run). The spec is checked first, by check_params, then the other arguments.
 
-    recipe: changes to RECIPE. data: CIFAR-10 in memory; None: load_cifar10(data_dir).
-    precision: "fp32", "bf16" (autocast) or "auto" (bf16 where the hardware has it).
+    data: CIFAR-10 in memory; None: load_cifar10(data_dir).
     cuda_graphs: replay each step as a CUDA graph (cuda_graphs.py); default: where it can, on a CUDA device.
     trace_every: record a Tracer point every that many steps (0: off), stored as metrics["trace"].
     metrics: train_acc (and final_train_acc) is the running accuracy over an epoch's augmented batches, in
     training mode; final_test_acc is plain (no TTA), final_test_acc_tta averages with a horizontally flipped copy.
     """
-    recipe = check_params(norm, epochs, batch_size, seed, subset, groups, precision, max_epochs, recipe, trace_every,
-                          n_train=len(data.train_y) if data else FULL_TRAIN)
-    groups = GN_GROUPS if groups is None else groups
+    recipe = check_params(spec, n_train=len(data.train_y) if data else FULL_TRAIN)
+    check_int("trace_every", trace_every, 0)
+    norm, epochs, batch_size, seed, subset = spec.norm, spec.epochs, spec.batch_size, spec.seed, spec.subset
+    groups = GN_GROUPS if spec.groups is None else spec.groups
     device = torch.device(device) if device else pick_device()
-    precision = ("bf16" if bf16_supported(device) else "fp32") if precision == "auto" else precision
+    precision = ("bf16" if bf16_supported(device) else "fp32") if spec.precision == "auto" else spec.precision
     # The graphed step is plain SGD-Nesterov over every parameter, and a replay runs no hooks.
     graphable = recipe["optimizer"] == "SGD-Nesterov" and not trace_every and recipe["whiten"] != "frozen"
     cuda_graphs = device.type == "cuda" and graphable if cuda_graphs is None else cuda_graphs

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lib import NORM_NAMES, NORMS, ROOT, NormbookError, atomic_write
-from report import answer, findings, left_out, main_runs, mean_std_text, summary_rows
+from lib import NORM_NAMES, NORMS, ROOT, NormbookError, atomic_write, confusion_matrix
+from report import answer, findings, mean_std_text, predictions
 
 README_START, README_END = "<!-- results:start (make readme) -->", "<!-- results:end -->"
 
 
 def readme_results() -> str:
     """The README's generated block: headline table, figures and findings, from the artifacts."""
-    rows, site = summary_rows(), site_url()
-    a = answer()
+    a, site = answer(), site_url()
+    rows, rep = a["rows"], a["reported"]
     link = lambda page, label: f"{site}{page}.html" + (f"#{label}" if label else "")
     colab = f"https://colab.research.google.com/github/{'/'.join(repository()[-2:])}/blob/main/book/intro.ipynb"
     lines = [f"**Read it:** [{site}]({site}) · [![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab})",
@@ -29,12 +29,13 @@ def readme_results() -> str:
              "|---|---:|---:|---:|---:|"]
     lines += [f"| {r['model']} | {r['params']:,} | {r['train_acc']:.2f} | {r['test_acc']:.2f} | "
               f"{mean_std_text(r)} (n={r['seeds']}) |" for r in rows]
-    out = left_out(main_runs())
+    out = rep.left_out
     lines += ["", "Train and test accuracy: seed 0. Train: running accuracy on the augmented batches of the last "
               "epoch; test: all 10,000 test images, evaluation mode, no augmentation."
               + (f" Left out of the means, as not trained like seed 0: {', '.join(out)}." if out else ""),
               "", "**Findings**", ""]
-    lines += [f"{i}. **{f['title']}**: {f['text']}" for i, f in enumerate(findings(), 1)]
+    lines += [f"{i}. **{f['title']}**: {f['text']}" for i, f in enumerate(
+        findings(rep, {n: confusion_matrix(**p) for n, p in predictions(rep.main).items()}, a["batch_runs"], a["robustness"]), 1)]
     lines += ["", "![Training curves](book/figures/curves.png)", ""]
     lines += [f"![{NORM_NAMES[n]}: its ten most confident mistakes](book/figures/misclassified_{n}.png)" for n in NORMS]
     return "\n".join(lines) + "\n"

@@ -4,6 +4,7 @@ one style.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 
@@ -15,6 +16,14 @@ import lib
 # Summary
 # =============================================================================================
 
+# The loaders: the only functions here that read runs/. Every other function is computed from what they
+# return, so a page loads its runs once and a test can hand any function made-up runs.
+
+def missing_run(norm: str, seed: int) -> lib.NormbookError:
+    return lib.NormbookError(f"{lib.ROOT / 'runs' / f'{norm}-s{seed}' / 'metrics.json'} is missing: "
+                             f"train it with `make run NORM={norm}`")
+
+
 def main_runs(seed: int = 0) -> dict[str, dict]:
     """The run of each norm that the book reports on (seed 0), keyed by norm, each verified and checked against
     its predictions and its folder's name when read (lib.load_metrics); refuses a missing one."""
@@ -22,17 +31,39 @@ def main_runs(seed: int = 0) -> dict[str, dict]:
     for norm in lib.NORMS:
         found = lib.load_metrics(f"{norm}-s{seed}")
         if not found:
-            raise lib.NormbookError(f"{lib.ROOT / 'runs' / f'{norm}-s{seed}' / 'metrics.json'} is missing: "
-                                    f"train it with `make run NORM={norm}`")
+            raise missing_run(norm, seed)
         runs[norm] = found[0]
     return runs
 
 
-def trained_like(r: dict) -> tuple:
-    """What makes two runs of a norm comparable seed to seed: data, epochs, batch, groups, recipe and
-    precision (bf16 and fp32 runs land differently, so they are never averaged together)."""
-    return (r["data"], r["n_train"], r["n_test"], r["epochs"], r["batch_size"], r.get("groups"),
-            tuple(sorted(lib.recorded_recipe(r).items(), key=str)), r["precision"])
+@dataclasses.dataclass(frozen=True)
+class Reported:
+    """The reported runs: each norm's seed-0 run (main), every run of that norm trained like it (seeds, seed 0
+    first: its error bars), and the runs left out of the error bars, each with what differs (left_out)."""
+    main: dict[str, dict]
+    seeds: dict[str, list[dict]]
+    left_out: list[str]
+
+
+def reported() -> Reported:
+    """Every saved run of the three norms, read and verified once (lib.load_metrics), sorted into Reported."""
+    main, seeds, left_out = {}, {}, []
+    names = ("data", "training images", "test images", "epochs", "batch size", "groups", "recipe", "precision")
+    for norm in lib.NORMS:
+        runs = sorted(lib.load_metrics(f"{norm}-s[0-9]*"), key=lambda r: r["seed"])
+        if not runs or runs[0]["seed"] != 0:
+            raise missing_run(norm, 0)
+        main[norm] = runs[0]
+        seeds[norm] = [r for r in runs if trained_like(r) == trained_like(runs[0])]
+        for r in runs:
+            differ = [n for n, a, b in zip(names, trained_like(r), trained_like(runs[0])) if a != b]
+            left_out += [f"{norm}-s{r['seed']} ({', '.join(differ)})"] if differ else []
+    return Reported(main, seeds, left_out)
+
+
+def predictions(runs: dict[str, dict]) -> dict[str, dict]:
+    """norm -> the test-set predictions of its run in `runs` (predictions.pt: probs and labels)."""
+    return {n: lib.load_predictions(f"runs/{m['run']}") for n, m in runs.items()}
 
 
 def model_records(folder: str) -> list[dict]:
@@ -48,37 +79,26 @@ def model_records(folder: str) -> list[dict]:
     return out
 
 
-def seed_runs(m: dict) -> list[dict]:
-    """Every run of m's norm trained like m: its error bars."""
-    return [r for r in lib.load_metrics(f"{m['norm']}-s[0-9]*") if trained_like(r) == trained_like(m)]
+def trained_like(r: dict) -> tuple:
+    """What makes two runs of a norm comparable seed to seed: data, epochs, batch, groups, recipe and
+    precision (bf16 and fp32 runs land differently, so they are never averaged together)."""
+    return (r["data"], r["n_train"], r["n_test"], r["epochs"], r["batch_size"], r.get("groups"),
+            tuple(sorted(lib.recorded_recipe(r).items(), key=str)), r["precision"])
 
 
-def left_out(runs: dict[str, dict]) -> list[str]:
-    """The runs of each norm not trained like its seed-0 run (so left out of its error bars), each with what
-    differs: the page says so rather than average unlike runs."""
-    names = ("data", "training images", "test images", "epochs", "batch size", "groups", "recipe", "precision")
-    out = []
-    for norm, m in runs.items():
-        for r in lib.load_metrics(f"{norm}-s[0-9]*"):
-            if trained_like(r) != trained_like(m):
-                differ = [n for n, a, b in zip(names, trained_like(r), trained_like(m)) if a != b]
-                out.append(f"{norm}-s{r['seed']} ({', '.join(differ)})")
-    return out
-
-
-def summary_rows() -> list[dict]:
+def summary_rows(rep: Reported) -> list[dict]:
     """One row per norm: the seed-0 run's final accuracies, and mean/std of final test accuracy (and the
     mean with flip TTA) over every run of that norm trained like seed 0, so a half-finished change of
     recipe never mixes into the error bars. The book's and the README's tables both come from here."""
     rows = []
-    for norm, m in main_runs().items():
-        seeds = seed_runs(m)
+    for norm, m in rep.main.items():
+        seeds = rep.seeds[norm]
         accs = [r["final_test_acc"] for r in seeds]
         rows.append({
             "norm": norm, "model": lib.NORM_NAMES[norm], "params": m["params"],
             "train_acc": m["final_train_acc"], "test_acc": m["final_test_acc"],
             "test_acc_tta": m["final_test_acc_tta"], "minutes": m["seconds"] / 60,
-            "seeds": len(accs), "test_mean": statistics.mean(accs),
+            "seeds": len(accs), "test_accs": accs, "test_mean": statistics.mean(accs),
             "test_std": statistics.stdev(accs) if len(accs) > 1 else float("nan"),
             "tta_mean": statistics.mean(r["final_test_acc_tta"] for r in seeds),
             "full": (m["n_train"], m["n_test"], m["epochs"]) == (lib.FULL_TRAIN, lib.FULL_TEST, lib.MAX_EPOCHS),
@@ -255,9 +275,9 @@ def receptive_field_table(model):
 # The results chapter: the three seed-0 models side by side
 # =============================================================================================
 
-def measured_on(runs: dict[str, dict]) -> str:
-    """Where the reported runs come from, and which runs the error bars leave out (left_out)."""
-    out = left_out(runs)
+def measured_on(rep: Reported) -> str:
+    """Where the reported runs come from, and which runs the error bars leave out."""
+    runs, out = rep.main, rep.left_out
     return (f"Measured on: **{'; '.join(sorted({m['data'] for m in runs.values()}))}**, on "
             f"{'; '.join(sorted({m['device'] for m in runs.values()}))}. The offline copy is "
             "JPEG-compressed, so its accuracies can sit slightly below those on the official files."
@@ -370,10 +390,11 @@ def findings_list(findings: list[dict]) -> str:
 # The short statements the results chapter and the README both print, computed once, here, from
 # the run artifacts: each is a dict with a `title`, a `text` and the `value` it rests on.
 
-def findings() -> list[dict]:
-    rows = {r["norm"]: r for r in summary_rows()}
-    runs = main_runs()
-    cms = {n: lib.confusion_matrix(**lib.load_predictions(f"runs/{m['run']}")) for n, m in runs.items()}
+def findings(rep: Reported, cms: dict[str, torch.Tensor], runs_b: list[dict], rob: list[dict]) -> list[dict]:
+    """From the reported runs, the confusion matrices of their seed-0 runs, the batch-size sweep (sweep) and
+    runs/robustness/'s records (model_records)."""
+    rows = {r["norm"]: r for r in summary_rows(rep)}
+    runs = rep.main
     order = sorted(rows, key=lambda n: -rows[n]["test_mean"])
     best, worst = order[0], order[-1]
     spread = seed_spread(rows.values())
@@ -397,7 +418,6 @@ def findings() -> list[dict]:
         f"for every norm, {names['bn']}: " if len(set(names.values())) == 1 else "per norm: ")
         + ", ".join(f"{n.upper()} {'' if len(set(names.values())) == 1 else names[n] + ' '}{top[n][2]}"
                     for n in cms) + " test images go from one of the two to the other (seed 0)."))
-    runs_b = sweep(BATCH_SWEEP)
     batch = batch_summary(runs_b)
     if not batch["done"]:
         raise lib.NormbookError(f"{BATCH_SWEEP} holds no batch size trained for every norm: run `make sweeps`")
@@ -408,7 +428,6 @@ def findings() -> list[dict]:
             f"{n.upper()} {worst[n]['change_change']:+.2f}" for n in lib.NORMS) + " points"
         + "; " + (f"BN falls behind the better of GN and LN at batch {', '.join(map(str, batch['behind']))}."
                   if batch["behind"] else "BN is never behind the better of GN and LN beyond the seed noise."))))
-    rob = model_records("robustness")
     if {r["norm"] for r in rob} != set(lib.NORMS):
         raise lib.NormbookError("runs/robustness/ lacks a norm: run `make robustness`")
     avg = lambda norm, get: statistics.mean(get(r) for r in rob if r["norm"] == norm)
@@ -500,7 +519,7 @@ def plot_answer(rows: list[dict], batch: dict, narrow: bool = False):
     fig, (left, right) = plt.subplots(2 if narrow else 1, 1 if narrow else 2, figsize=(PHONE_IN, 6.4) if narrow else (9, 3.6),
                                       gridspec_kw=dict(height_ratios=(1, 1.2)) if narrow else dict(width_ratios=(1, 1.5)))
     for i, r in enumerate(rows):
-        accs = [m["final_test_acc"] for m in seed_runs(main_runs()[r["norm"]])]
+        accs = r["test_accs"]
         left.errorbar(i, r["test_mean"], yerr=r["test_std"], fmt="o", ms=9, capsize=6, color=COLORS[r["norm"]])
         left.scatter([i + 0.18] * len(accs), accs, s=14, color=COLORS[r["norm"]], alpha=0.6)
     left.set_xticks(range(len(rows)), [r["norm"].upper() for r in rows])
@@ -881,29 +900,65 @@ def effective_lr(trace: dict, layer: str):
     return np.array(trace["lr"]) / np.array(trace["layers"][layer]["weight_norm"]) ** 2
 
 
+STAGE_COLORS = ("#E69F00", "#0072B2", "#CC79A7")   # Okabe-Ito: told apart with any colour vision
+STAGE_LINES = ("-", "--", ":")                     # the first, second and third conv of a stage
+
+
+def layer_styles(layers: list[str]) -> dict[str, dict]:
+    """A colour per stage (the convs between two pools) and a line style per conv within it, so that eight
+    lines stay distinguishable: C1 C2 | C3 C4 C5 | C7 C8 C9."""
+    stage, position, out = 0, 0, {}
+    for name in lib.LAYERS:
+        if name.startswith("P"):
+            stage, position = stage + 1, 0
+        elif name in layers:
+            out[name] = dict(color=STAGE_COLORS[stage], ls=STAGE_LINES[position])
+            position += 1
+    return out
+
+
+def plain_log_ticks(ax) -> None:
+    """Readable log-axis ticks: over less than two decades plain numbers with 2 and 5 between the powers of
+    ten (0.2, 0.5, 1, 2); over more, the powers of ten alone (10⁻⁴)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    lo, hi = ax.get_ylim()
+    if math.log10(hi / lo) < 2:
+        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    else:
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"$10^{{{round(math.log10(v))}}}$"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_trace(traced: dict[str, dict], key: str, ylabel: str, title: str, log: bool = False, narrow: bool = False):
-    """One panel per norm (narrow: stacked), one line per norm layer (colour: depth) of a traced quantity
-    over training; key 'effective_lr' plots effective_lr."""
+    """One panel per norm (narrow: stacked), one line per norm layer (layer_styles) of a traced quantity over
+    training; key 'effective_lr' plots effective_lr."""
     import matplotlib.pyplot as plt
     import numpy as np
     layers = list(traced["bn"]["layers"])
+    styles = layer_styles(layers)
     fig, axes = plt.subplots(3, 1, figsize=(PHONE_IN, 7.6), sharex=True, sharey=True) if narrow else \
         plt.subplots(1, 3, figsize=(7.6, 3.4), sharey=True)
-    cmap = plt.get_cmap("viridis")
     for ax, n in zip(axes, lib.NORMS):
         t = traced[n]
-        for i, name in enumerate(layers):
+        for name in layers:
             y = effective_lr(t, name) if key == "effective_lr" else np.array(t["layers"][name][key])
-            ax.plot(t["epoch"], y, color=cmap(i / (len(layers) - 1)), label=name, lw=1.2)
+            ax.plot(t["epoch"], y, label=name, lw=1.3, **styles[name])
         ax.set(title=short_name(n))
         if log:
             ax.set_yscale("log")
+    if log:
+        plain_log_ticks(axes[0])                     # the axes share y
     for ax in ([axes[-1]] if narrow else axes):
         ax.set_xlabel("epoch")
     for ax in (axes if narrow else [axes[0]]):
         ax.set_ylabel(ylabel)
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=4 if narrow else len(layers),
-               frameon=False, handlelength=1.2, columnspacing=0.9, fontsize=MIN_PT if narrow else 10)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if narrow:                                       # three columns, one per stage (its colour)
+        by_stage = [[(h, l) for h, l in zip(handles, labels) if styles[l]["color"] == c] for c in STAGE_COLORS]
+        blank = (plt.Line2D([], [], alpha=0), "")
+        handles, labels = zip(*[entry for stage in by_stage for entry in stage + [blank] * (3 - len(stage))])
+    fig.legend(handles, labels, loc="lower center", ncol=3 if narrow else len(layers), frameon=False, handlelength=2.2, columnspacing=0.9, fontsize=MIN_PT if narrow else 10)
     fig.suptitle(title.replace(" of each", "\nof each") if narrow else title)
     fig.tight_layout(rect=(0, 0.09 if narrow else 0.07, 1, 1))
     return fig
@@ -1048,14 +1103,14 @@ def activation_cost(bench: dict) -> dict:
                 formats={**{c: "{:.0f}" for c in ips.columns}, **{c: "{:.2f}x" for c in ratio.columns}})
 
 
-def compile_cost(bench: dict, runs: dict[str, dict]) -> dict:
+def compile_cost(bench: dict, seeds: dict[str, list[dict]]) -> dict:
     """torch.compile's speed-up of the bare step and its compile time; and what a whole run would gain:
     its training time (median over seeds: one run's time can include a stall) sped up by the step's
     speed-up, against one compile (a lower bound: evaluation and the smaller last batch compile more)."""
     import pandas as pd
     comp = pd.DataFrame(bench["compiled"])
     comp["norm"] = comp["norm"].str.upper()
-    train_s = {n.upper(): statistics.median(r["train_seconds"] for r in seed_runs(m)) for n, m in runs.items()}
+    train_s = {n.upper(): statistics.median(r["train_seconds"] for r in runs) for n, runs in seeds.items()}
     saved = {r.norm: train_s[r.norm] * (1 - 1 / r.speedup) for r in comp.itertuples()}
     net = [f"{r.norm} ({saved[r.norm] - r.compile_seconds:.0f} s a run)" for r in comp.itertuples()
            if saved[r.norm] > r.compile_seconds]
@@ -1085,10 +1140,10 @@ def pipelines_table(bench: dict) -> dict:
                                      "fraction of peak": "{:.0%}"})
 
 
-def whole_runs(runs: dict[str, dict]) -> dict:
+def whole_runs(rep: Reported) -> dict:
     """The wall time of every full run of each norm, and the report's total (the sum of each norm's median)."""
     import pandas as pd
-    seeds = {n: seed_runs(m) for n, m in runs.items()}
+    runs, seeds = rep.main, rep.seeds
     table = pd.DataFrame([{"model": lib.NORM_NAMES[n], **{f"seed {r['seed']} (min)": r["seconds"] / 60 for r in seeds[n]},
                            "precision": m["precision"], "layout": m["memory_format"], "device": m["device"]}
                           for n, m in runs.items()]).set_index("model")
@@ -1509,10 +1564,9 @@ def ghost_rows(runs: list[dict]) -> list[dict]:
     return rows
 
 
-def fit_rows() -> list[dict]:
-    """Per norm, means over the reported runs' seeds (runs/fit/, robustness.fit): accuracy and plain
-    cross-entropy on the clean training images and on the test images, in eval mode; and the gap."""
-    fits = model_records("fit")
+def fit_rows(fits: list[dict]) -> list[dict]:
+    """Per norm, means over the reported runs' seeds (the records of runs/fit/, robustness.fit): accuracy and
+    plain cross-entropy on the clean training images and on the test images, in eval mode; and the gap."""
     out = []
     for norm in lib.NORMS:
         mine = [f for f in fits if f["norm"] == norm]
@@ -1986,13 +2040,16 @@ def lead_sentence(rows: list[dict]) -> str:
 
 
 def answer() -> dict:
-    """Everything the landing page and the README's answer rest on, loaded once: the summary rows, the
-    batch-size sweep's summary, the BN-lead verdict and the recommendations."""
-    rows = summary_rows()
+    """Everything the landing page and the README rest on, loaded once: the reported runs, the sweeps' runs
+    and the robustness records; and from them the summary rows, the batch-size sweep's summary, the BN-lead
+    verdict, the recommendations and the answer's text."""
+    rep, rob = reported(), model_records("robustness")
+    rows = summary_rows(rep)
     batch_runs, group_runs = sweep(BATCH_SWEEP), sweep(GROUP_SWEEP)
     batch = batch_summary(batch_runs)
-    why = why_bn_leads(fit_rows(), batch_runs, diverged(BATCH_SWEEP))
+    why = why_bn_leads(fit_rows(model_records("fit")), batch_runs, diverged(BATCH_SWEEP))
     groups = group_summary(group_rows(group_runs), noise(group_runs))
-    recs = recommendations(rows, batch, groups, robustness_summary(model_records("robustness")),
+    recs = recommendations(rows, batch, groups, robustness_summary(rob),
                            lib.read_json(lib.ROOT / "bench" / "results.json")["pipelines"])
-    return dict(rows=rows, batch=batch, why=why, recs=recs, text=answer_text(rows, why))
+    return dict(reported=rep, batch_runs=batch_runs, robustness=rob, rows=rows, batch=batch, why=why, recs=recs,
+                text=answer_text(rows, why))

@@ -38,7 +38,7 @@ def main() -> None:
         runs = []
         for norm in lib.NORMS:
             start = time.perf_counter()
-            m = lib.train(norm, seed=0, data=data, device="cuda", progress=False, cuda_graphs=graphs).metrics
+            m = lib.train(lib.RunSpec(norm, seed=0), data, device="cuda", progress=False, cuda_graphs=graphs).metrics
             run = {k: m[k] for k in KEPT}
             run["wall_seconds"] = time.perf_counter() - start
             runs.append(run)

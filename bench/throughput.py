@@ -221,8 +221,10 @@ def compile_table(repeats=2, steps=30) -> list[dict]:
 
 
 def lib_images_per_s(norm, data, n_images, batch_size=128) -> tuple[float, str]:
-    lib.train(norm, epochs=1, batch_size=batch_size, data=data, subset=batch_size * 8, progress=False)  # warm-up
-    m = lib.train(norm, epochs=1, batch_size=batch_size, data=data, subset=n_images, progress=False).metrics
+    run = lambda subset: lib.train(lib.RunSpec(norm, epochs=1, batch_size=batch_size, subset=subset), data,
+                                   progress=False)
+    run(batch_size * 8)                                 # warm-up
+    m = run(n_images).metrics
     return m["train_images_per_s"], f"{m['precision']}, {m['memory_format']}"
 
 

@@ -40,6 +40,7 @@ def tiny_data():
     return lib.Cifar10(tx, ty, vx, vy, "synthetic test data")
 
 
-def train_tiny(data, norm="bn", **kw):
-    """One quick fp32 epoch on tiny data: a TrainedRun."""
-    return lib.train(norm, **{"epochs": 1, "batch_size": 50, "data": data, "precision": "fp32", "progress": False, **kw})
+def train_tiny(data, norm="bn", device=None, cuda_graphs=None, trace_every=0, **spec):
+    """One quick fp32 epoch on tiny data (`spec`: other RunSpec fields): a TrainedRun."""
+    spec = lib.RunSpec(norm, **{"epochs": 1, "batch_size": 50, "precision": "fp32", **spec})
+    return lib.train(spec, data, device=device, progress=False, cuda_graphs=cuda_graphs, trace_every=trace_every)

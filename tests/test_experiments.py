@@ -13,8 +13,7 @@ def test_every_plan_is_valid_and_every_model_in_it_is_under_budget(folder):
     plan = experiments.load_plan(folder)
     for name in plan["variants"]:
         args = experiments.settings(plan, name)
-        lib.check_params("gn" if args["groups"] else "bn", args["epochs"], args["batch_size"], groups=args["groups"],
-                         max_epochs=args["max_epochs"])
+        lib.check_params(lib.RunSpec("gn" if args["groups"] else "bn", **args))
         lib.build_model("gn", args["groups"], args["recipe"])       # raises when over the budget
     assert experiments.planned(folder)
 
@@ -49,11 +48,10 @@ def test_the_runner_trains_exactly_the_missing_runs_and_never_the_test_set(tiny_
     lib.write_json(dict(norm="bn", seed=0, tuning="recipe", final_val_acc=50.0), folder / "bn-recipe-s0.json")
     trained = []
     real_train = lib.train
-    monkeypatch.setattr(lib, "train", lambda norm, **kw: trained.append((norm, kw["seed"], kw["batch_size"],
-                                                                          kw["recipe"])) or real_train(norm, **kw))
+    monkeypatch.setattr(lib, "train", lambda spec, *a, **kw: trained.append(spec) or real_train(spec, *a, **kw))
     assert experiments.run_plan(folder, data=no_test_set) == 3
-    assert [(n, s, b) for n, s, b, _ in trained] == [("bn", 0, 64), ("gn", 0, 128), ("bn", 1, 128)]
-    assert trained[1][3] == {**lib.RECIPE, "shortcuts": False, "label_smoothing": 0.0}
+    assert [(s.norm, s.seed, s.batch_size) for s in trained] == [("bn", 0, 64), ("gn", 0, 128), ("bn", 1, 128)]
+    assert trained[1].recipe == {**lib.RECIPE, "shortcuts": False, "label_smoothing": 0.0}
     runs = {(r["norm"], r["tuning"], r["seed"]): r for r in experiments.load_results(folder)}
     assert runs["bn", "batch 64", 0]["delta"] == runs["bn", "batch 64", 0]["final_val_acc"] - 50.0
     assert runs["gn", "no smoothing", 0]["delta"] is None                 # its baseline has not run

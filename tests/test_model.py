@@ -84,7 +84,7 @@ def test_group_counts_and_instance_norm():
     with pytest.raises(lib.NormbookError, match="divisible"):
         lib.build_model("gn", groups=5)
     with pytest.raises(lib.NormbookError, match="'C/x' is invalid"):
-        lib.check_params("gn", groups="C/x")
+        lib.check_params(lib.RunSpec("gn", groups="C/x"))
 
 
 def test_a_record_lacking_a_recipe_key_is_refused_in_one_error_naming_the_keys():
@@ -98,4 +98,4 @@ def test_a_record_lacking_a_recipe_key_is_refused_in_one_error_naming_the_keys()
 @pytest.mark.parametrize("seed", [2**63, 2**64, -1, 1.5, True])
 def test_a_seed_torch_cannot_take_is_refused_in_one_error(seed):
     with pytest.raises(lib.NormbookError, match=r"seed=.* is invalid"):
-        lib.check_params("bn", seed=seed)
+        lib.check_params(lib.RunSpec("bn", seed=seed))

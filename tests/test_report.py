@@ -32,19 +32,32 @@ def fake_runs(root, accs: dict[str, list[float]], change: dict | None = None, pr
 def test_error_bars_average_only_runs_trained_like_seed_0(tmp_path, monkeypatch):
     monkeypatch.setattr(lib, "ROOT", tmp_path)
     fake_runs(tmp_path, {"bn": [80.0, 82.0, 90.0], "gn": [70.0, 71.0], "ln": [75.0]}, change=dict(shortcuts=False))
-    rows = {r["norm"]: r for r in report.summary_rows()}
+    rows = {r["norm"]: r for r in report.summary_rows(report.reported())}
     assert (rows["bn"]["seeds"], rows["bn"]["test_mean"], rows["bn"]["tta_mean"]) == (2, 81.0, 82.0)
     assert report.mean_std_text(rows["bn"]) == "81.00 ± 1.41" and report.mean_std_text(rows["ln"]) == "75.00"
-    assert report.left_out(report.main_runs()) == ["bn-s2 (recipe)"]
+    assert report.reported().left_out == ["bn-s2 (recipe)"]
+
+
+def test_summary_rows_are_computed_from_runs_in_memory():
+    run = lambda norm, seed, acc: dict(norm=norm, seed=seed, params=10, final_train_acc=acc + 5, final_test_acc=acc,
+                                       final_test_acc_tta=acc + 1, seconds=120.0, n_train=lib.FULL_TRAIN,
+                                       n_test=lib.FULL_TEST, epochs=lib.MAX_EPOCHS, data="d", device="cpu")
+    seeds = {"bn": [run("bn", 0, 80.0), run("bn", 1, 84.0)], "gn": [run("gn", 0, 70.0)], "ln": [run("ln", 0, 75.0)]}
+    rows = report.summary_rows(report.Reported({n: s[0] for n, s in seeds.items()}, seeds, []))
+    assert [(r["norm"], r["seeds"], r["test_accs"], r["test_mean"], r["train_acc"], r["minutes"], r["full"])
+            for r in rows] == [("bn", 2, [80.0, 84.0], 82.0, 85.0, 2.0, True), ("gn", 1, [70.0], 70.0, 75.0, 2.0, True),
+                               ("ln", 1, [75.0], 75.0, 80.0, 2.0, True)]
+    assert report.mean_std_text(rows[0]) == "82.00 ± 2.83"
 
 
 def test_runs_of_another_precision_are_left_out_of_the_error_bars_and_named(tmp_path, monkeypatch):
     monkeypatch.setattr(lib, "ROOT", tmp_path)
     fake_runs(tmp_path, {"bn": [80.0, 82.0, 90.0], "gn": [70.0, 71.0], "ln": [75.0]}, precision2="fp32")
-    assert {r["norm"]: r["seeds"] for r in report.summary_rows()} == {"bn": 2, "gn": 2, "ln": 1}
-    assert report.left_out(report.main_runs()) == ["bn-s2 (precision)"]
+    rep = report.reported()
+    assert {r["norm"]: r["seeds"] for r in report.summary_rows(rep)} == {"bn": 2, "gn": 2, "ln": 1}
+    assert rep.left_out == ["bn-s2 (precision)"]
     assert "Left out of the means and error bars, as not trained like seed 0: bn-s2 (precision)." in \
-        report.measured_on(report.main_runs())
+        report.measured_on(rep)
 
 
 def fake_sweep(root, accs: dict[tuple[str, int], float]):
@@ -57,6 +70,13 @@ def fake_sweep(root, accs: dict[tuple[str, int], float]):
     for (norm, batch), acc in accs.items():
         lib.write_json(dict(norm=norm, seed=0, batch_size=batch, final_test_acc=acc, precision="bf16", n_train=1000,
                             epochs=1), folder / f"{norm}-batch_{batch}-s0.json")
+
+
+def findings_from_disk() -> list[dict]:
+    """report.findings over what the loaders read from lib.ROOT, as the results chapter calls it."""
+    rep = report.reported()
+    cms = {n: lib.confusion_matrix(**p) for n, p in report.predictions(rep.main).items()}
+    return report.findings(rep, cms, report.sweep(report.BATCH_SWEEP), report.model_records("robustness"))
 
 
 def fake_robustness(root, norms=lib.NORMS):
@@ -74,7 +94,7 @@ def test_findings_come_from_the_artifacts(tmp_path, monkeypatch):
     fake_robustness(tmp_path)
     fake_sweep(tmp_path, {("bn", 128): 60.0, ("gn", 128): 55.0, ("ln", 128): 50.0,
                           ("bn", 2): 50.0, ("gn", 2): 56.0, ("ln", 2): 50.0, ("bn", 8): 58.0})   # no GN/LN at 8
-    found = {f["title"]: f for f in report.findings()}
+    found = {f["title"]: f for f in findings_from_disk()}
     assert found["Ranking"]["value"] == pytest.approx(82.5 - 79.25)
     assert found["Ranking"]["text"].startswith("BN 82.50 ± 0.71 % > GN 80.25 ± 0.35 % > LN 79.25 ± 0.35 %")
     assert found["Ranking"]["text"].endswith("GN and LN differ by 1.00, below twice the largest seed-to-seed std (2 × 0.71 = 1.41).")
@@ -84,7 +104,7 @@ def test_findings_come_from_the_artifacts(tmp_path, monkeypatch):
     assert small["text"].endswith("going from batch 128 to batch 2 changes test accuracy by BN -10.00, GN +1.00, "
                                   "LN +0.00 points; BN is never behind the better of GN and LN beyond the seed noise.")
     fake_sweep(tmp_path, {("ln", 2): 35.0})
-    assert "LN -15.00 points" in {f["title"]: f for f in report.findings()}["Small batches"]["text"]
+    assert "LN -15.00 points" in {f["title"]: f for f in findings_from_disk()}["Small batches"]["text"]
     assert "Contrast" in found
 
 
@@ -94,22 +114,22 @@ def test_findings_refuse_missing_experiments_rather_than_shrink(tmp_path, monkey
     fake_sweep(tmp_path, {("bn", 128): 60.0, ("gn", 128): 55.0, ("ln", 128): 50.0})
     fake_robustness(tmp_path, norms=("bn", "gn"))
     with pytest.raises(lib.NormbookError, match="runs/robustness/ lacks a norm"):
-        report.findings()
+        findings_from_disk()
     fake_robustness(tmp_path, norms=("ln",))
     fake_sweep(tmp_path, {})
     (tmp_path / "runs" / "batch-size" / "bn-batch_128-s0.json").unlink()
     with pytest.raises(lib.NormbookError, match="holds no batch size trained for every norm"):
-        report.findings()
+        findings_from_disk()
 
 
 def test_findings_with_one_seed_per_norm_say_nothing_of_a_spread(tmp_path, monkeypatch):
     monkeypatch.setattr(lib, "ROOT", tmp_path)
     fake_runs(tmp_path, {"bn": [82.0], "gn": [80.0], "ln": [79.0]})
     with pytest.raises(lib.NormbookError, match="batch-size/plan.json is missing"):      # no sweep: refused, not skipped
-        report.findings()
+        findings_from_disk()
     fake_sweep(tmp_path, {("bn", 128): 60.0, ("gn", 128): 55.0, ("ln", 128): 50.0})
     fake_robustness(tmp_path)
-    ranking = report.findings()[0]["text"]
+    ranking = findings_from_disk()[0]["text"]
     assert ranking.endswith("GN and LN differ by 1.00.") and "nan" not in ranking
 
 
@@ -135,7 +155,7 @@ def test_readme_block_is_generated_short_and_idempotent(tmp_path):
     assert text.startswith("# title\n") and text.endswith("footer\n") and "stale" not in text
     block = text.split(publish.README_START)[1].split(publish.README_END)[0]
     assert len(block.splitlines()) < 60
-    for r in report.summary_rows():                                    # the committed runs' own numbers
+    for r in report.summary_rows(report.reported()):                   # the committed runs' own numbers
         assert f"| {r['model']} | {r['params']:,} | {r['train_acc']:.2f} | {r['test_acc']:.2f} | {report.mean_std_text(r)}" in block
     publish.update_readme(readme)
     assert readme.read_text() == text
@@ -155,7 +175,7 @@ def test_a_run_folder_renamed_by_hand_is_refused(tmp_path, monkeypatch):
     (runs / "gn-s0").rename(runs / "bn-s0")
     (runs / "tmp").rename(runs / "gn-s0")
     with pytest.raises(lib.NormbookError, match="bn-s0/metrics.json holds norm 'gn', seed 0: not the run its folder bn-s0 names"):
-        report.summary_rows()
+        report.reported()
     with pytest.raises(lib.NormbookError, match="holds norm 'bn'"):
         lib.load_metrics("gn-s*")
 
