@@ -329,11 +329,13 @@ def confirm_plan(screen: dict, gains: dict[str, dict[str, float]], bar: float) -
             f"{bar:.2f} points (one standard deviation of a difference of two single runs) for at least one norm: "
             + (", ".join(passed) if passed else "none") + ". The recipe and seed-0 runs that the screen or "
             f"runs/{BASELINES} already hold are copied in (trained the same way), not trained again.")
-    runs = [[n, v] for v in variants for n in lib.NORMS]
+    # What decides the recipe (the levers and their combination) trains first; Muon's LR bracket after it.
+    decide = [[n, v] for v in variants if not v.startswith("muon lr ") or v == MUON for n in lib.NORMS]
+    bracket = [[n, v] for v in variants if v.startswith("muon lr ") and v != MUON for n in lib.NORMS]
     return {"title": "The levers that passed the screen, confirmed at three seeds, and their combination",
             "note": note, "device": screen["device"], "precision": screen["precision"], "data": screen["data"],
             "epochs": screen["epochs"], "baseline": screen["baseline"], "variants": variants,
-            "parts": [{"seeds": [0, 1, 2], "runs": runs}]}
+            "parts": [{"seeds": [0, 1, 2], "runs": runs} for runs in (decide, bracket) if runs]}
 
 
 def trained_alike(record: dict, plan: dict, norm: str, name: str, seed: int) -> bool:

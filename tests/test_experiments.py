@@ -131,13 +131,15 @@ def test_the_confirmation_plan_takes_what_passed_the_screen_brackets_muon_and_co
                                      "muon lr 0.1", experiments.COMBINED}
     assert plan["variants"]["muon lr 0.1"] == {"optimizer": "Muon", "muon_lr": 0.1}
     assert plan["variants"][experiments.COMBINED] == {"optimizer": "Muon", "muon_lr": 0.05, "whiten": "trainable"}
-    assert plan["parts"] == [{"seeds": [0, 1, 2], "runs": [[n, v] for v in plan["variants"] for n in lib.NORMS]}]
+    first = ["recipe", "muon lr 0.05", "whiten trainable", "whiten frozen", experiments.COMBINED]
+    assert plan["parts"] == [{"seeds": [0, 1, 2], "runs": [[n, v] for v in first for n in lib.NORMS]},   # decides first
+                             {"seeds": [0, 1, 2], "runs": [[n, v] for v in ("muon lr 0.025", "muon lr 0.1") for n in lib.NORMS]}]
     write = tmp_path / "confirm"
     write.mkdir()
     (write / "plan.json").write_text(json.dumps(plan))
     experiments.load_plan(write)                                         # a valid plan
     nothing = experiments.confirm_plan(screen, gains, 5.0)
-    assert set(nothing["variants"]) == {"recipe"}
+    assert set(nothing["variants"]) == {"recipe"} and len(nothing["parts"]) == 1
 
 
 def test_only_runs_trained_alike_are_copied_into_a_plan(tmp_path):
