@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
+import textwrap
 
 import torch
 
@@ -16,8 +17,10 @@ import lib
 # Summary
 # =============================================================================================
 
-# The loaders: the only functions here that read runs/. Every other function is computed from what they
-# return, so a page loads its runs once and a test can hand any function made-up runs.
+# Loading. These functions read files: main_runs, reported, predictions, model_records and robustness_runs
+# here; sweep, diverged, validation_runs, plans_table and the sections that name their plan folder (weight_std,
+# ceiling) further down; answer loads all the landing page needs at once. Every other function computes from
+# what they return, so a page reads each run once and a test can hand any function made-up runs.
 
 def missing_run(norm: str, seed: int) -> lib.NormbookError:
     return lib.NormbookError(f"{lib.ROOT / 'runs' / f'{norm}-s{seed}' / 'metrics.json'} is missing: "
@@ -959,7 +962,7 @@ def plot_trace(traced: dict[str, dict], key: str, ylabel: str, title: str, log: 
         blank = (plt.Line2D([], [], alpha=0), "")
         handles, labels = zip(*[entry for stage in by_stage for entry in stage + [blank] * (3 - len(stage))])
     fig.legend(handles, labels, loc="lower center", ncol=3 if narrow else len(layers), frameon=False, handlelength=2.2, columnspacing=0.9, fontsize=MIN_PT if narrow else 10)
-    fig.suptitle(title.replace(" of each", "\nof each") if narrow else title)
+    fig.suptitle(textwrap.fill(title, 36) if narrow else title)
     fig.tight_layout(rect=(0, 0.09 if narrow else 0.07, 1, 1))
     return fig
 
