@@ -19,8 +19,8 @@ def readme_results() -> str:
     lines = [f"**Read it:** [{site}]({site}) · [![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab})",
              "", a["text"], "", "**Which should I use?**", ""]
     lines += [f"- {r['short']} ([evidence]({link(*r['link'])}))" for r in a["recs"]]
-    lines += ["", f"![Left: final test accuracy per norm; right: each norm's change from batch 128 as the batch "
-              f"shrinks]({'book/figures/answer.png'})", ""]
+    lines += ["", f"![Left: final test accuracy per norm; right: each norm's test accuracy against batch size, in "
+              f"a shorter budget]({'book/figures/answer.png'})", ""]
     lines += [] if all(r["full"] for r in rows) else [
         "> **Smoke runs** (a data subset or fewer than 20 epochs): these numbers say nothing about the norms.", ""]
     lines += [f"Final-epoch accuracy on {'; '.join(sorted({r['data'] for r in rows}))}; "

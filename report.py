@@ -413,8 +413,9 @@ def findings(rep: Reported, cms: dict[str, torch.Tensor], runs_b: list[dict], ro
                 f"std (2 × {spread:.2f} = {2 * spread:.2f})."))]
     lead = {e: runs["bn"]["history"][e]["test_acc"] - max(runs[n]["history"][e]["test_acc"] for n in ("gn", "ln"))
             for e in (0, -1)}
-    out.append(dict(title="Early epochs", value=lead[0], text=f"after one epoch BN's test accuracy is {lead[0]:+.1f} points "
-                    f"from the better of GN and LN, after the last {lead[-1]:+.1f} (seed 0)."))
+    versus = lambda d: f"{abs(d):.1f} points {'above' if d >= 0 else 'below'}"
+    out.append(dict(title="Early epochs", value=lead[0], text=f"after one epoch BN's test accuracy is {versus(lead[0])} "
+                    f"the better of GN and LN, after the last {versus(lead[-1])} (seed 0)."))
     top = {n: most_confused(cm) for n, cm in cms.items()}
     names = {n: f"{lib.CLASSES[a]} ↔ {lib.CLASSES[b]}" for n, (a, b, _) in top.items()}
     out.append(dict(title="Most confused pair", value=min(t[2] for t in top.values()), text=(
@@ -452,6 +453,8 @@ def findings(rep: Reported, cms: dict[str, torch.Tensor], runs_b: list[dict], ro
 # =============================================================================================
 
 COLORS = {"bn": "#1f77b4", "gn": "#2ca02c", "ln": "#d62728"}
+# Where GN's and LN's lines coincide (as under a change of contrast), the dashed LN line on top shows both.
+LINES = {"bn": dict(marker="o", ls="-"), "gn": dict(marker="s", ls="-"), "ln": dict(marker="^", ls="--")}
 
 
 MIN_PT = 9            # no text in a figure is smaller: in a phone design it renders as large as the page's small print
@@ -516,8 +519,8 @@ def plot_curves(runs: list[dict], title: str = "", seeds: dict[str, list[dict]] 
 
 def plot_answer(rows: list[dict], batch: dict, narrow: bool = False):
     """The book's key figure: final test accuracy per norm (every seed, mean ± std), beside each norm's
-    change from its own batch-128 accuracy in the batch-size sweep (mean over seeds, bars: lowest to
-    highest seed). narrow: the two panels stacked, for a phone's column."""
+    test accuracy against batch size in the batch-size sweep (draw_batch_accuracy). narrow: the two
+    panels stacked, for a phone's column."""
     import matplotlib.pyplot as plt
     fig, (left, right) = plt.subplots(2 if narrow else 1, 1 if narrow else 2, figsize=(PHONE_IN, 6.4) if narrow else (9, 3.6),
                                       gridspec_kw=dict(height_ratios=(1, 1.2)) if narrow else dict(width_ratios=(1, 1.5)))
@@ -528,34 +531,16 @@ def plot_answer(rows: list[dict], batch: dict, narrow: bool = False):
     left.set_xticks(range(len(rows)), [r["norm"].upper() for r in rows])
     left.set(ylabel="test accuracy (%)", xlim=(-0.5, len(rows) - 0.5), xlabel="",
              title=f"Batch 128, 20 epochs ({min(r['seeds'] for r in rows)} seeds)")
-    plot_batch_changes(batch, right)
+    draw_batch_accuracy(batch, right, narrow=narrow)
+    right.set_title("Smaller batches (shorter budget)")
     fig.tight_layout()
     return fig
 
 
-def plot_batch_changes(batch: dict, ax):
-    """Each norm's paired change from its own batch-128 accuracy against batch size (bars: seeds)."""
-    for norm in lib.NORMS:
-        pts = [r for r in batch["rows"] if r["norm"] == norm and r["batch"] in batch["done"]]
-        if not pts:
-            continue
-        x, y = [r["batch"] for r in pts], [r["change_change"] for r in pts]
-        ax.errorbar(x, y, yerr=[[r["change_change"] - r["change_lo"] for r in pts], [r["change_hi"] - r["change_change"]
-                    for r in pts]], fmt="o-", capsize=3, color=COLORS[norm])
-        ax.annotate(norm.upper(), (x[0], y[0]), xytext=(-7, 0), textcoords="offset points", ha="right", va="center",
-                    color=COLORS[norm], fontweight="bold")               # labels at the lines' ends
-    ax.axhline(0, color="0.5", lw=0.8)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(BATCHES, [str(b) for b in BATCHES])
-    ax.set_xlim(BATCHES[0] / 2.2, BATCHES[-1] * 1.3)
-    ax.set(xlabel="batch size", ylabel="change from batch 128 (points)", title="Smaller batches")
-
-
-def plot_batch_sweep(batch: dict, control: dict | None = None, narrow: bool = False):
-    """Test accuracy against batch size (mean, bars: seeds); with `control` (step_control's runs: norm ->
-    point), hollow markers at batch 128 for twice the epochs."""
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(PHONE_IN, 3.4) if narrow else (5.2, 4.2))
+def draw_batch_accuracy(batch: dict, ax, control: dict | None = None, narrow: bool = False) -> None:
+    """Test accuracy against batch size on `ax` (mean over seeds, bars: lowest to highest seed, each line
+    labelled at its end); with `control` (step_control's runs: norm -> point), hollow markers at batch 128
+    for twice the epochs."""
     for norm in lib.NORMS:
         pts = [r for r in batch["rows"] if r["norm"] == norm and r["n"]]
         ax.errorbar([r["batch"] for r in pts], [r["mean"] for r in pts], yerr=[[r["mean"] - r["lo"] for r in pts],
@@ -568,8 +553,15 @@ def plot_batch_sweep(batch: dict, control: dict | None = None, narrow: bool = Fa
     ax.set_xscale("log", base=2)
     ax.set_xticks(BATCHES, [str(b) for b in BATCHES])
     ax.set_xlim(BATCHES[0] / (3 if narrow else 2.2), BATCHES[-1] * 1.5)
-    ax.set(xlabel="batch size", ylabel="test accuracy (%)",
-           title="Test accuracy by batch size" + ("\n(◇: batch 128, twice the epochs)" if control else ""))
+    ax.set(xlabel="batch size", ylabel="test accuracy (%)")
+
+
+def plot_batch_sweep(batch: dict, control: dict | None = None, narrow: bool = False):
+    """The batch-size sweep's figure (draw_batch_accuracy, with the step-count control)."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(PHONE_IN, 3.4) if narrow else (5.2, 4.2))
+    draw_batch_accuracy(batch, ax, control, narrow)
+    ax.set_title("Test accuracy by batch size" + ("\n(◇: batch 128, twice the epochs)" if control else ""))
     fig.tight_layout()
     return fig
 
@@ -778,7 +770,7 @@ def plot_shifted_inputs(rob: list[dict], narrow: bool = False):
     for ax, stats in zip(axes, (scale, bright)):
         x = [float(a) for a in stats["mean"].index]
         for n in lib.NORMS:
-            ax.plot(x, stats["mean"][n], "o-", color=COLORS[n], label=short_name(n))
+            ax.plot(x, stats["mean"][n], color=COLORS[n], label=short_name(n), **LINES[n])
             ax.fill_between(x, stats["min"][n], stats["max"][n], color=COLORS[n], alpha=0.2)
     x = [float(a) for a in scale["mean"].index]
     axes[0].set_xscale("log", base=2)
@@ -813,8 +805,8 @@ def plot_corruptions(rob: list[dict], narrow: bool = False):
         plt.subplots(2, 3, figsize=(7.6, 5.6), sharey=True)
     for ax, name in zip(axes.flat, robustness.CORRUPTIONS):
         for n in lib.NORMS:
-            ax.plot(robustness.SEVERITIES, [corr.loc[f"{name}/{s}", n] for s in robustness.SEVERITIES], "o-",
-                    color=COLORS[n], label=SHORT[n] if narrow else short_name(n), ms=4 if narrow else 6)
+            ax.plot(robustness.SEVERITIES, [corr.loc[f"{name}/{s}", n] for s in robustness.SEVERITIES],
+                    color=COLORS[n], label=SHORT[n] if narrow else short_name(n), ms=4 if narrow else 6, **LINES[n])
         ax.set(title=name, xticks=robustness.SEVERITIES)
     for ax in axes[-1]:
         ax.set_xlabel("severity")
@@ -1253,14 +1245,23 @@ def validation_runs() -> dict:
 def tuning_numbers(v: dict) -> dict:
     import experiments
     devices = sorted({r["device"].split(",")[0] for r in v["runs"]})
-    return dict(muon_lr=f"{v['plans'][experiments.SCREEN]['variants'][experiments.MUON]['muon_lr']:g}",sigma=f"{v['sigma']:.2f}", threshold=f"{v['threshold']:.2f}",
+    experiments_held = {r["folder"] for r in v["runs"]}
+    return dict(muon_lr=f"{v['plans'][experiments.SCREEN]['variants'][experiments.MUON]['muon_lr']:g}",
+                sigma=f"{v['sigma']:.2f}", threshold=f"{v['threshold']:.2f}",
                 threshold_diff=f"{math.sqrt(2) * v['sigma']:.2f}", screen_bar=f"{math.sqrt(2) * v['sigma']:.2f}",
-                source=f"Data: {v['runs'][0]['data']}; {len(v['runs'])} runs in the {len(v['plans'])} experiments on "
-                       f"this split, on {' and '.join(devices)}.")
+                source=f"Data: {v['runs'][0]['data']}; {len(v['runs'])} runs in the {len(experiments_held)} experiments "
+                       f"on this split, on {' and '.join(devices)}.")
 
 
 def describe_change(change: dict) -> str:
-    return ", ".join(f"{k} = {'(layout)' if k == 'widths' else v}" for k, v in change.items())
+    """'peak_lr = 0.2'; a change of widths as the layers it widens or narrows: 'widths: C1 C2 24'."""
+    def widths(w: dict) -> str:
+        by_width = {}
+        for layer, c in w.items():
+            if lib.WIDTHS.get(layer) != c:
+                by_width.setdefault(c, []).append(layer)
+        return "widths: " + "; ".join(f"{' '.join(layers)} {c}" for c, layers in by_width.items())
+    return ", ".join(widths(v) if k == "widths" else f"{k} = {v}" for k, v in change.items())
 
 
 def tried_table(v: dict, skip=("levers-screen", "levers-confirm")):
@@ -1330,7 +1331,7 @@ def kept_text(v: dict, tried) -> str:
         f"against a threshold of ±{today.loc[best, '± threshold']:.2f}: "
         + ("a clear gain." if today.loc[best, "verdict"] == "clear gain" else "none clears the noise as a gain."),
         *[f"A clear gain not adopted: *{name}* ({r['mean gain']:+.2f}, {r.device}), because another value of the same "
-          "setting, now in the recipe, gained more." for name, r in others.iterrows()]])
+          "setting, the one in the recipe, gained more." for name, r in others.iterrows()]])
 
 
 def recipe_table():
@@ -1419,6 +1420,10 @@ def ceiling(main: dict[str, dict]) -> dict:
         f"At {e} epochs the recipe reaches " + ", ".join(f"{n.upper()} {runs[n, e]['final_test_acc']:.2f} %" for n in lib.NORMS)
         + f" ({sum(runs[n, e]['final_test_acc'] >= experiments.TARGETS[n] for n in lib.NORMS)} of 3 at or above their "
         f"reference point), {min(change(e)):+.2f} to {max(change(e)):+.2f} points against 20 epochs." for e in done)
+    for e in epochs:
+        if e not in done and (some := [n for n in lib.NORMS if (n, e) in runs]):
+            reached = and_join(f"{n.upper()} reaches {runs[n, e]['final_test_acc']:.2f} %" for n in some)
+            text += f" At {e} epochs {reached} ({and_join(n.upper() for n in lib.NORMS if n not in some)} not trained that long)."
     first = next(iter(runs.values()))
     text += f" Data: {first['data']}; device: {first['device']}; seed 0; test set."
     return dict(table=table, text=text)
@@ -1709,8 +1714,8 @@ def recommendations(rows: list[dict], batch: dict, groups: dict, rob: dict, spee
         text += (f"In the batch-size sweep it is never behind the better of the other two beyond the seed noise from "
                  f"batch {first} up" + (f"; at batch {and_join(batch['behind'])} it is behind by "
                  + and_join(f"{-batch['lead'][b]['change']:.1f}" for b in batch["behind"]) + " points." if batch["behind"] else "."))
-        short = (f"**BatchNorm** from {first} images a step up: never behind beyond the noise, and +{lead:.1f} points "
-                 "at batch 128"
+        short = (f"**BatchNorm** for batches of {first} images or more: never behind beyond the noise, and "
+                 f"+{lead:.1f} points at batch 128"
                  if lead > 0 else f"**Any of the three** when each step sees {first} or more images")
         short += (f"; with fewer, **{short_name(batch['lead'][max(batch['behind'])]['other'])}**." if batch["behind"] else ".")
     else:
@@ -1744,9 +1749,10 @@ def recommendations(rows: list[dict], batch: dict, groups: dict, rob: dict, spee
                 f"{'is' if len(near) == 1 else 'are'} within the seed noise of it" if near else
                 ", ahead of every other count beyond the seed noise")
                 + f"; the worst is G = {g(groups['worst']['groups'])}, {groups['worst']['mean']:.2f} %.")
-        plain = lambda k: {"1": "one group", "C/1": "one channel per group"}.get(k, f"G = {k}")
-        short = (f"**GroupNorm** with any of G = {and_join(groups['near']).replace(' and ', ', ')} (within noise); "
-                 f"not {plain(groups['worst']['groups'])}.")
+        plain = lambda k: {"1": "one group", "C/1": "one channel per group"}.get(
+            k, f"{k[2:]} channels per group" if k.startswith("C/") else f"{k} groups")
+        short = (f"**GroupNorm** with any of {and_join(plain(k) for k in groups['near']).replace(' and ', ' or ')} "
+                 f"(within noise of each other); not {plain(groups['worst']['groups'])}.")
         out.append(dict(topic="How many groups", short=short, text=text, link=("experiments", "number-of-groups")))
 
     fast = {p["norm"]: p["lib_images_per_s"] for p in speed}
@@ -1756,8 +1762,9 @@ def recommendations(rows: list[dict], batch: dict, groups: dict, rob: dict, spee
             + ", ".join(f"{short_name(n)} {fast[n]:,.0f}" for n in lib.NORMS) + f" images per second; "
             f"{short_name(slow)} is the slowest there, a matter of PyTorch's CPU kernels rather than of the "
             "arithmetic, which is about the same for the three.")
-    short = (f"**Cost**: the same parameters; on this CPU a training step of {short_name(slow)} takes "
-             f"{100 * (fast[top] / fast[slow] - 1):.0f} % longer than one of {short_name(top)}.")
+    short = (f"**Cost**: the same parameters; on this CPU {short_name(slow)} takes about "
+             f"{100 * (fast[top] / fast[slow] - 1):.0f} % longer per training image than {short_name(top)} (the whole "
+             "training pipeline at batch 128).")
     out.append(dict(topic="Cost", short=short, text=text, link=("performance", None)))
     return out
 

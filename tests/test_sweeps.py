@@ -105,11 +105,11 @@ def test_the_recommendations_follow_the_numbers():
     speed = [dict(norm=n, lib_images_per_s=v, device="CPU", lib_setting="bf16, x") for n, v in (("bn", 2400.0), ("gn", 1900.0), ("ln", 2800.0))]
     groups = dict(best=dict(groups="8", mean=65.0), near=["4", "8"], worst=dict(groups="C/1", mean=55.0))
     rec = {r["topic"]: r for r in report.recommendations(rows, batch, groups, rob, speed)}
-    assert rec["Batch size"]["short"] == ("**BatchNorm** from 4 images a step up: never behind beyond the noise, and "
-                                          "+1.3 points at batch 128; with fewer, **GroupNorm**.")
+    assert rec["Batch size"]["short"] == ("**BatchNorm** for batches of 4 images or more: never behind beyond the noise, "
+                                          "and +1.3 points at batch 128; with fewer, **GroupNorm**.")
     assert rec["Shifted inputs, one image at a time"]["short"].startswith("**GroupNorm or LayerNorm**")
-    assert "any of G = 4, 8 (within noise); not one channel per group" in rec["How many groups"]["short"]
-    assert "on this CPU a training step of GroupNorm takes 47 % longer than one of LayerNorm" in rec["Cost"]["short"]
+    assert "any of 4 groups or 8 groups (within noise of each other); not one channel per group" in rec["How many groups"]["short"]
+    assert "on this CPU GroupNorm takes about 47 % longer per training image than LayerNorm" in rec["Cost"]["short"]
     rob["bn"]["corrupted"] = 75.0
     rows[0]["test_mean"] = 80.0
     rec = {r["topic"]: r for r in report.recommendations(rows, batch, groups, rob, speed)}
