@@ -156,14 +156,8 @@ def test_phone_pages_do_not_overflow(site, tmp_path):
         assert width[0] <= width[1] + 1, f"{page}: the page is {width[0]} px wide on a {width[1]} px phone"
 
 
-# The run pages are the training notebook as it ran (book/train.ipynb executed by papermill): their figures
-# change only when the runs are trained again.
-EXECUTED_BY_TRAINING = {"runs/bn", "runs/gn", "runs/ln"}
-
-
 def test_phone_figures_draw_their_text_no_smaller_than_the_pages_small_print(site, tmp_path):
-    pages = [p for p in CHAPTERS if p not in EXECUTED_BY_TRAINING]
-    for page, browser in each_page(site, tmp_path, 390, 844, pages, "phone-figures"):
+    for page, browser in each_page(site, tmp_path, 390, 844, CHAPTERS, "phone-figures"):
         small, figures = browser.execute_script("""
             const cell = document.querySelector('main table.dataframe td');
             const small = cell ? parseFloat(getComputedStyle(cell).fontSize) : 0.85 * parseFloat(getComputedStyle(document.documentElement).fontSize);
