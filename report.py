@@ -483,7 +483,7 @@ def plot_curves(runs: list[dict], title: str = "", seeds: dict[str, list[dict]] 
         fig, axes = plt.subplots(panels, 1, figsize=(PHONE_IN, 2.5 * panels + 0.9))
         axes = list(axes)
     else:
-        fig = plt.figure(figsize=(10, 7.6 if seeds else 4))
+        fig = plt.figure(figsize=(7.6, 6.6 if seeds else 3.4))       # the column's width: text at its size
         grid = fig.add_gridspec(2 if seeds else 1, 2)
         axes = [fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])] + ([fig.add_subplot(grid[1, :])] if seeds else [])
     for m in runs:
@@ -499,7 +499,7 @@ def plot_curves(runs: list[dict], title: str = "", seeds: dict[str, list[dict]] 
         axes[2].plot(ep, acc.mean(0), "o-", color=COLORS[norm], label=f"{norm.upper()} (mean, {len(group)} seeds)")
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0].set(xlabel="epoch", ylabel="cross-entropy" if narrow else "cross-entropy (label smoothing 0.1)", title="Loss")
+    axes[0].set(xlabel="epoch", ylabel="cross-entropy", title="Loss" if narrow else "Loss (label smoothing 0.1)")
     axes[1].set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     if seeds:
         axes[2].set(xlabel="epoch", ylabel="test accuracy (%)",
@@ -508,9 +508,9 @@ def plot_curves(runs: list[dict], title: str = "", seeds: dict[str, list[dict]] 
         fig.legend(*axes[1].get_legend_handles_labels(), loc="lower center", ncol=len(runs), frameon=False,
                    handlelength=1.6, columnspacing=0.8)
     else:
-        axes[1].legend(ncol=len(runs), fontsize=MIN_PT, loc="lower right")
+        axes[1].legend(ncol=len(runs) if len(runs) < 3 else 2, fontsize=10, loc="lower right")
         if seeds:
-            axes[2].legend(fontsize=MIN_PT, loc="lower right")
+            axes[2].legend(fontsize=10, loc="lower right")
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.75 / (2.5 * panels + 0.9), 1, 1) if narrow else (0, 0, 1, 1))
@@ -766,7 +766,7 @@ def plot_shifted_inputs(rob: list[dict], narrow: bool = False):
     band: lowest to highest seed); narrow: the two panels stacked."""
     import matplotlib.pyplot as plt
     scale, bright = seed_stats(rob, "scale"), seed_stats(rob, "brightness")
-    fig, axes = plt.subplots(2, 1, figsize=(PHONE_IN, 6.0)) if narrow else plt.subplots(1, 2, figsize=(10, 3.4))
+    fig, axes = plt.subplots(2, 1, figsize=(PHONE_IN, 6.0)) if narrow else plt.subplots(1, 2, figsize=(7.6, 3.4))
     for ax, stats in zip(axes, (scale, bright)):
         x = [float(a) for a in stats["mean"].index]
         for n in lib.NORMS:
@@ -776,9 +776,9 @@ def plot_shifted_inputs(rob: list[dict], narrow: bool = False):
     axes[0].set_xscale("log", base=2)
     axes[0].set_xticks(x, [f"{a:g}" for a in x])
     axes[0].set(xlabel="input multiplied by a", ylabel="test accuracy (%)", title="Contrast")
-    axes[0].legend(fontsize=MIN_PT if narrow else 9)
-    axes[1].set(xlabel="brightness added to the raw image" + ("\n" if narrow else " ") + "([0, 1] units)",
-                ylabel="test accuracy (%)", title="Brightness")
+    axes[0].legend(fontsize=MIN_PT if narrow else 10)
+    axes[1].set(xlabel="brightness added to the raw image\n([0, 1] units)", title="Brightness",
+                ylabel="test accuracy (%)" if narrow else "")      # side by side, the left axis names both
     fig.tight_layout()
     return fig
 
