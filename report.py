@@ -925,9 +925,11 @@ def plain_log_ticks(ax) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-def plot_trace(traced: dict[str, dict], key: str, ylabel: str, title: str, log: bool = False, narrow: bool = False):
+def plot_trace(traced: dict[str, dict], key: str, ylabel: str, title: str, log: bool = False, smooth: int = 1,
+               narrow: bool = False):
     """One panel per norm (narrow: stacked), one line per norm layer (layer_styles) of a traced quantity over
-    training; key 'effective_lr' plots effective_lr."""
+    training; key 'effective_lr' plots effective_lr; smooth: a running mean over that many trace points (a
+    gradient's norm jumps from step to step)."""
     import matplotlib.pyplot as plt
     import numpy as np
     layers = list(traced["bn"]["layers"])
@@ -938,7 +940,8 @@ def plot_trace(traced: dict[str, dict], key: str, ylabel: str, title: str, log: 
         t = traced[n]
         for name in layers:
             y = effective_lr(t, name) if key == "effective_lr" else np.array(t["layers"][name][key])
-            ax.plot(t["epoch"], y, label=name, lw=1.3, **styles[name])
+            y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
+            ax.plot(t["epoch"][smooth - 1:], y, label=name, lw=1.3, **styles[name])
         ax.set(title=short_name(n))
         if log:
             ax.set_yscale("log")
