@@ -1373,16 +1373,19 @@ def lever_stages(v: dict) -> dict:
             row[SHORT[n]] = f"{mean:+.2f}" + (f" ({min(d):+.2f} to {max(d):+.2f})" if len(d) > 1 else "")
             verdicts[n] = ("gain" if mean > bar else "loss" if mean < -bar else "within noise") if len(d) >= 3 else \
                 "passes the screen" if mean >= screen_bar else "below the screen's bar"
-        seeds = min((len(per_norm.get(n, {})) for n in lib.NORMS), default=0)
-        row["runs"] = sum(len(d) for d in per_norm.values())
-        if len(verdicts) < len(lib.NORMS):
-            row["verdict"] = f"screened for {and_join(SHORT[n] for n in lib.NORMS if n in verdicts)}"
-        elif seeds == 1:
-            passed = [SHORT[n] for n, x in verdicts.items() if x == "passes the screen"]
-            row["verdict"] = f"passes the screen ({', '.join(passed)})" if passed else "stops at the screen"
-        else:
+        seeds = {n: len(per_norm.get(n, {})) for n in lib.NORMS}
+        row["runs"] = sum(seeds.values())
+        if min(seeds.values()) >= 3:
             row["verdict"] = "; ".join(f"{SHORT[n]} {x}" for n, x in verdicts.items())
-        if lever == experiments.COMBINED and seeds >= 3:
+        elif max(seeds.values()) == 1 and lever in LEVERS:        # the screen: seed 0
+            passed = [SHORT[n] for n, x in verdicts.items() if x == "passes the screen"]
+            row["verdict"] = (f"screened for {and_join(SHORT[n] for n in lib.NORMS if n in verdicts)}"
+                              if len(verdicts) < len(lib.NORMS) else
+                              f"passes the screen ({', '.join(passed)})" if passed else "stops at the screen")
+        else:                                                    # the confirmation, with fewer than 3 seeds
+            row["verdict"] = (("passed the screen; " if lever in LEVERS else "") + "seeds measured: "
+                              + ", ".join(f"{SHORT[n]} {k}" for n, k in seeds.items()) + " of 3")
+        if lever == experiments.COMBINED and min(seeds.values()) >= 3:
             gains = sum(x == "gain" for x in verdicts.values())
             adopt = gains >= 2 and "loss" not in verdicts.values()
         rows.append(row)
