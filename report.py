@@ -714,6 +714,8 @@ def table(df, formats: dict | None = None, precision: int = 2):
            for c in df.columns if pd.api.types.is_float_dtype(df[c]) or pd.api.types.is_integer_dtype(df[c])}
     fmt.update(formats or {})
     text = [f"td.col{j}, th.col{j}" for j, c in enumerate(df.columns) if not pd.api.types.is_numeric_dtype(df.iloc[:, j])]
+    if df.index.name and not isinstance(df.columns, pd.MultiIndex):
+        df = df.rename_axis(columns=df.index.name)          # the index's name heads its column (the corner cell)
     return (df.style.format(fmt, na_rep="—").hide(axis="index", names=True).set_table_attributes('class="dataframe"')
             .set_table_styles([dict(selector=", ".join(text), props="text-align: left")] if text else []))
 
