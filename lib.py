@@ -185,6 +185,11 @@ def bf16_supported(device: torch.device) -> bool:
     return any(flag in _cpuinfo() for flag in ("avx512_bf16", "amx_bf16"))
 
 
+def trains_in(precision: str, device: torch.device) -> str:
+    """The precision a run asks for, resolved: "auto" is bf16 where the hardware has it, else fp32."""
+    return ("bf16" if bf16_supported(device) else "fp32") if precision == "auto" else precision
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -684,7 +689,7 @@ def train(spec: RunSpec, data: Cifar10 | None = None, *, data_dir: str | Path = 
     norm, epochs, batch_size, seed, subset = spec.norm, spec.epochs, spec.batch_size, spec.seed, spec.subset
     groups = GN_GROUPS if spec.groups is None else spec.groups
     device = torch.device(device) if device else pick_device()
-    precision = ("bf16" if bf16_supported(device) else "fp32") if spec.precision == "auto" else spec.precision
+    precision = trains_in(spec.precision, device)
     # The graphed step is plain SGD-Nesterov over every parameter, and a replay runs no hooks.
     graphable = recipe["optimizer"] == "SGD-Nesterov" and not trace_every and recipe["whiten"] != "frozen"
     cuda_graphs = device.type == "cuda" and graphable if cuda_graphs is None else cuda_graphs

@@ -139,7 +139,7 @@ def most_confused(cm: torch.Tensor) -> tuple[int, int, int]:
 
 def run_settings(norm_name: str, epochs: int, batch_size: int, seed: int, precision: str, device: str, data: str,
                  out_dir: str, main_setting: bool):
-    """A run page's settings, once, as a small table."""
+    """A run page's settings, once, as a small table (precision: the one it trains in, lib.trains_in)."""
     import pandas as pd
     rows = {"norm": norm_name, "epochs": epochs, "batch size": batch_size, "seed": seed, "precision": precision,
             "device": device, "data": data, "artifacts": f"{out_dir}/" + ("" if main_setting else
@@ -147,11 +147,40 @@ def run_settings(norm_name: str, epochs: int, batch_size: int, seed: int, precis
     return pd.DataFrame({"setting": list(rows), "value": [str(v) for v in rows.values()]}).set_index("setting")
 
 
-def recipe_note(recipe: dict) -> str:
-    """Whether a run used the recipe of the reported runs (the tuning appendix lists it), or how it differs."""
+def norm_sentence(norm: str, groups: int | str | None = None) -> str:
+    """What this run's normalization averages over, in the network's own widths: what sets the run pages apart."""
+    if norm == "bn":
+        return ("**BatchNorm** normalizes each channel with the mean and variance over the batch's images and "
+                "positions while training, and with running averages of them at test time.")
+    if norm == "ln":
+        return ("**LayerNorm** normalizes each image on its own, over all its channels and positions: one mean and "
+                "variance per image and layer (in the summary below: `GroupNorm` with `num_groups` 1).")
+    widths = sorted(set(lib.WIDTHS.values()))
+    per_group = [lib.group_count(groups if groups is not None else lib.GN_GROUPS, c) for c in widths]
+    return (f"**GroupNorm** normalizes each image on its own, over groups of channels and their positions: "
+            + and_join(f"{c // g} channels per group at width {c}" for c, g in zip(widths, per_group))
+            + f" ({and_join(sorted(set(per_group)))} groups).")
+
+
+def training_note(metrics: dict, tuning_page: str = "../tuning", performance_page: str = "../performance") -> str:
+    """A run page's line on how it was trained: the recipe (or how it differs from the reported runs'), and
+    its wall time, with what the time does and does not measure."""
+    recipe = metrics["recipe"]
     changed = {k: v for k, v in recipe.items() if lib.RECIPE.get(k) != v}
-    return ("The recipe of the reported runs ([the tuning appendix](../tuning) lists it)." if not changed else
-            "The recipe of the reported runs except " + ", ".join(f"{k} = {v}" for k, v in changed.items()) + ".")
+    text = (f"Trained with the recipe of every reported run ([listed in the tuning appendix]({tuning_page}))." if not changed
+            else "The recipe of the reported runs except " + ", ".join(f"{k} = {v}" for k, v in changed.items()) + ".")
+    return text + (f" It took {metrics['seconds'] / 60:.1f} min ({metrics['images_per_s']:.0f} images/s, "
+                   f"{metrics['precision']}, memory layout {metrics['memory_format']}, the faster for this norm on this "
+                   f"device; the arithmetic is the same): the wall time of this run on a machine that other work may have shared; "
+                   f"[the performance appendix]({performance_page}) measures speed.")
+
+
+def history_table(metrics: dict):
+    """A run's per-epoch numbers, with names a reader can read."""
+    import pandas as pd
+    return pd.DataFrame(metrics["history"]).set_index("epoch").rename(columns={
+        "train_loss": "train loss", "train_acc": "train acc. (%)", "test_loss": "test loss",
+        "test_acc": "test acc. (%)", "lr_end": "learning rate at the end", "seconds": "elapsed (s)"})
 
 
 # =============================================================================================
@@ -1974,12 +2003,13 @@ def answer_text(rows: list[dict], why: dict | None) -> str:
             + ": " + ", ".join(f"{r['model'].split(' ')[0]} **{mean_std_text(r)} %**" for r in rows)
             + f" (final test accuracy, mean ± std, {min(r['seeds'] for r in rows)} seeds).")
     if why and best["norm"] == "bn":
-        text += {"fit": " It fits the training images better, which accounts for most of its lead over LayerNorm and "
-                        "about half over GroupNorm; more noise in its batch statistics does not raise it."
+        text += {"fit": " It fits the clean training images better (in evaluation mode), which accounts for most of its "
+                        "lead over LayerNorm and about half over GroupNorm; making its batch statistics noisier does not "
+                        "raise its accuracy."
                         if why["share"]["ln"] >= 0.75 and 0.3 <= why["share"]["gn"] < 0.75 else
-                        " It fits the training images better, which accounts for " + and_join(
+                        " It fits the clean training images better (in evaluation mode), which accounts for " + and_join(
                             f"{100 * why['share'][n]:.0f} % of its lead over {short_name(n)}" for n in ("ln", "gn"))
-                        + "; more noise in its batch statistics does not raise it.",
+                        + "; making its batch statistics noisier does not raise its accuracy.",
                  "noise": " The noise of its batch statistics acts as a regularizer: adding noise raises it further.",
                  "neither": " Neither a better fit nor the noise of its batch statistics explains its lead."}.get(why["supports"], "")
     return text
