@@ -212,9 +212,10 @@ def plot_norm_axes(narrow: bool = False):
         ax.set_ylabel("C", labelpad=-14) if narrow else ax.set_ylabel("C (channels)", labelpad=-12)
         ax.set_zlabel("H, W", labelpad=-14 if narrow else -12)
         ax.set_xticks([]), ax.set_yticks([]), ax.set_zticks([])
-        ax.set_title(title.split("\n")[0] if narrow else title, fontsize=MIN_PT if narrow else 11)
+        ax.set_title(title.split("\n")[0].replace(", here ", "\n(") + ")" * (", here " in title) if narrow else title,
+                     fontsize=MIN_PT if narrow else 11)
         ax.view_init(elev=22, azim=-58)
-        ax.set_box_aspect(mask.shape, zoom=0.9)
+        ax.set_box_aspect(mask.shape, zoom=0.8 if narrow else 0.9)     # narrow: room for the labels between cubes
     fig.tight_layout()
     return fig
 
