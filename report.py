@@ -1771,9 +1771,9 @@ def recommendations(rows: list[dict], batch: dict, groups: dict, rob: dict, spee
             + f"; no GroupNorm or LayerNorm prediction depends on a batch companion, while BatchNorm evaluated with batch "
             f"statistics changes {r['bn']['changed_2']:.0f} % of its predictions in batches of 2. If you keep BatchNorm, "
             f"recompute its statistics on the new images (AdaBN): that alone takes it to {r['bn']['adabn']:.1f} %.")
-    short = ((f"**GroupNorm or LayerNorm** for shifted inputs or batch-independent predictions "
-              f"({r['gn']['corrupted']:.0f} and {r['ln']['corrupted']:.0f} % under corruptions; BatchNorm "
-              f"{r['bn']['corrupted']:.0f} %, {r['bn']['adabn']:.0f} % with statistics recomputed on a batch of them).")
+    short = ((f"**GroupNorm or LayerNorm** for shifted inputs or batch-independent predictions: "
+              f"{r['gn']['corrupted']:.0f} and {r['ln']['corrupted']:.0f} % under corruptions, BatchNorm "
+              f"{r['bn']['corrupted']:.0f} % ({r['bn']['adabn']:.0f} % with AdaBN).")
              if gnln_better else
              "Under shifted inputs **none** of the three clearly ahead.")
     out.append(dict(topic="Shifted inputs, one image at a time", short=short, text=text,
@@ -1789,8 +1789,12 @@ def recommendations(rows: list[dict], batch: dict, groups: dict, rob: dict, spee
                 + f"; the worst is G = {g(groups['worst']['groups'])}, {groups['worst']['mean']:.2f} %.")
         plain = lambda k: {"1": "one group", "C/1": "one channel per group"}.get(
             k, f"{k[2:]} channels per group" if k.startswith("C/") else f"{k} groups")
-        short = (f"**GroupNorm** with any of {and_join(plain(k) for k in groups['near']).replace(' and ', ' or ')} "
-                 f"(within noise of each other); not {plain(groups['worst']['groups'])}.")
+        or_join = lambda items: and_join(items).replace(" and ", " or ")
+        counts = [k for k in groups["near"] if not k.startswith("C/") and k != "1"]
+        sizes = [k[2:] for k in groups["near"] if k.startswith("C/") and k != "C/1"]
+        near = ([plain(k) for k in groups["near"] if k in ("1", "C/1")] + ([f"{or_join(counts)} groups"] if counts else [])
+                + ([f"{or_join(sizes)} channels per group"] if sizes else []))
+        short = f"**GroupNorm** with {', or '.join(near)} (all within noise); not {plain(groups['worst']['groups'])}."
         out.append(dict(topic="How many groups", short=short, text=text, link=("experiments", "number-of-groups")))
 
     fast = {p["norm"]: p["lib_images_per_s"] for p in speed}
@@ -1801,8 +1805,7 @@ def recommendations(rows: list[dict], batch: dict, groups: dict, rob: dict, spee
             f"{short_name(slow)} is the slowest there, a matter of PyTorch's CPU kernels rather than of the "
             "arithmetic, which is about the same for the three.")
     short = (f"**Cost**: the same parameters; on this CPU {short_name(slow)} takes about "
-             f"{100 * (fast[top] / fast[slow] - 1):.0f} % longer per training image than {short_name(top)} (the whole "
-             "training pipeline at batch 128).")
+             f"{100 * (fast[top] / fast[slow] - 1):.0f} % longer per training image than {short_name(top)}.")
     out.append(dict(topic="Cost", short=short, text=text, link=("performance", None)))
     return out
 
@@ -2004,11 +2007,11 @@ def answer_text(rows: list[dict], why: dict | None) -> str:
             + ": " + ", ".join(f"{r['model'].split(' ')[0]} **{mean_std_text(r)} %**" for r in rows)
             + f" (final test accuracy, mean ± std, {min(r['seeds'] for r in rows)} seeds).")
     if why and best["norm"] == "bn":
-        text += {"fit": " It fits the clean training images better (in evaluation mode), which accounts for most of its "
-                        "lead over LayerNorm and about half over GroupNorm; making its batch statistics noisier does not "
+        text += {"fit": " It fits the clean training images better, which accounts for most of its lead over "
+                        " LayerNorm and about half over GroupNorm; making its batch statistics noisier does not "
                         "raise its accuracy."
                         if why["share"]["ln"] >= 0.75 and 0.3 <= why["share"]["gn"] < 0.75 else
-                        " It fits the clean training images better (in evaluation mode), which accounts for " + and_join(
+                        " It fits the clean training images better, which accounts for " + and_join(
                             f"{100 * why['share'][n]:.0f} % of its lead over {short_name(n)}" for n in ("ln", "gn"))
                         + "; making its batch statistics noisier does not raise its accuracy.",
                  "noise": " The noise of its batch statistics acts as a regularizer: adding noise raises it further.",

@@ -108,8 +108,8 @@ def test_the_recommendations_follow_the_numbers():
     assert rec["Batch size"]["short"] == ("**BatchNorm** for batches of 4 images or more: never behind beyond the noise, "
                                           "and +1.3 points at batch 128; with fewer, **GroupNorm**.")
     assert rec["Shifted inputs, one image at a time"]["short"].startswith("**GroupNorm or LayerNorm**")
-    assert "any of 4 groups or 8 groups (within noise of each other); not one channel per group" in rec["How many groups"]["short"]
-    assert "on this CPU GroupNorm takes about 47 % longer per training image than LayerNorm" in rec["Cost"]["short"]
+    assert rec["How many groups"]["short"] == "**GroupNorm** with 4 or 8 groups (all within noise); not one channel per group."
+    assert "on this CPU GroupNorm takes about 47 % longer per training image than LayerNorm." in rec["Cost"]["short"]
     rob["bn"]["corrupted"] = 75.0
     rows[0]["test_mean"] = 80.0
     rec = {r["topic"]: r for r in report.recommendations(rows, batch, groups, rob, speed)}
