@@ -329,13 +329,16 @@ def confirm_plan(screen: dict, gains: dict[str, dict[str, float]], bar: float) -
             f"{bar:.2f} points (one standard deviation of a difference of two single runs) for at least one norm: "
             + (", ".join(passed) if passed else "none") + ". The recipe and seed-0 runs that the screen or "
             f"runs/{BASELINES} already hold are copied in (trained the same way), not trained again.")
-    # What decides the recipe (the levers and their combination) trains first; Muon's LR bracket after it.
-    decide = [[n, v] for v in variants if not v.startswith("muon lr ") or v == MUON for n in lib.NORMS]
-    bracket = [[n, v] for v in variants if v.startswith("muon lr ") and v != MUON for n in lib.NORMS]
+    # What decides the recipe (the combination, or the one lever that passed) trains first, then each lever
+    # that passed on its own, then Muon's LR bracket.
+    bracketed = [v for v in variants if v.startswith("muon lr ") and v != MUON]
+    deciding = ["recipe", COMBINED if COMBINED in variants else passed[0]] if passed else ["recipe"]
+    levers = [v for v in variants if v not in deciding and v not in bracketed]
+    parts = [[[n, v] for v in names for n in lib.NORMS] for names in (deciding, levers, bracketed)]
     return {"title": "The levers that passed the screen, confirmed at three seeds, and their combination",
             "note": note, "device": screen["device"], "precision": screen["precision"], "data": screen["data"],
             "epochs": screen["epochs"], "baseline": screen["baseline"], "variants": variants,
-            "parts": [{"seeds": [0, 1, 2], "runs": runs} for runs in (decide, bracket) if runs]}
+            "parts": [{"seeds": [0, 1, 2], "runs": runs} for runs in parts if runs]}
 
 
 def trained_alike(record: dict, plan: dict, norm: str, name: str, seed: int) -> bool:

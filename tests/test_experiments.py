@@ -131,15 +131,17 @@ def test_the_confirmation_plan_takes_what_passed_the_screen_brackets_muon_and_co
                                      "muon lr 0.1", experiments.COMBINED}
     assert plan["variants"]["muon lr 0.1"] == {"optimizer": "Muon", "muon_lr": 0.1}
     assert plan["variants"][experiments.COMBINED] == {"optimizer": "Muon", "muon_lr": 0.05, "whiten": "trainable"}
-    first = ["recipe", "muon lr 0.05", "whiten trainable", "whiten frozen", experiments.COMBINED]
-    assert plan["parts"] == [{"seeds": [0, 1, 2], "runs": [[n, v] for v in first for n in lib.NORMS]},   # decides first
-                             {"seeds": [0, 1, 2], "runs": [[n, v] for v in ("muon lr 0.025", "muon lr 0.1") for n in lib.NORMS]}]
+    parts = [["recipe", experiments.COMBINED],                                       # what decides trains first
+             ["muon lr 0.05", "whiten trainable", "whiten frozen"], ["muon lr 0.025", "muon lr 0.1"]]
+    assert plan["parts"] == [{"seeds": [0, 1, 2], "runs": [[n, v] for v in part for n in lib.NORMS]} for part in parts]
     write = tmp_path / "confirm"
     write.mkdir()
     (write / "plan.json").write_text(json.dumps(plan))
     experiments.load_plan(write)                                         # a valid plan
     nothing = experiments.confirm_plan(screen, gains, 5.0)
     assert set(nothing["variants"]) == {"recipe"} and len(nothing["parts"]) == 1
+    one = experiments.confirm_plan(screen, gains, 0.8)                  # one lever passed: it decides on its own
+    assert [p["runs"][-1][1] for p in one["parts"]] == ["muon lr 0.05", "muon lr 0.1"]
 
 
 def test_only_runs_trained_alike_are_copied_into_a_plan(tmp_path):
