@@ -457,7 +457,7 @@ def findings(rep: Reported, cms: dict[str, torch.Tensor], runs_b: list[dict], ro
         raise lib.NormbookError(f"{BATCH_SWEEP} holds no batch size trained for every norm: run `make sweeps`")
     worst, r = batch["worst"], runs_b[0]
     out.append(dict(title="Small batches", value=worst["bn"]["change_change"], text=(
-        f"in the batch-size sweep (the reported recipe on {r['n_train']:,} images for {r['epochs']} epochs, "
+        f"in the batch-size sweep ({recipe_words(runs_b, runs['bn'])} on {r['n_train']:,} images for {r['epochs']} epochs, "
         f"paired by seed), going from batch 128 to batch {batch['done'][0]} changes test accuracy by " + ", ".join(
             f"{n.upper()} {worst[n]['change_change']:+.2f}" for n in lib.NORMS) + " points"
         + "; " + (f"BN falls behind the better of GN and LN at batch {', '.join(map(str, batch['behind']))}."
@@ -1267,6 +1267,18 @@ RECIPE_WORDS = {   # what each recipe setting means, for a reader
 LEVERS = ("muon lr 0.05", "whiten trainable", "whiten frozen", "dirac init", "alternating flip")
 
 
+def recipe_words(runs: list[dict], reported: dict, varied=("bn_ghost", "bn_frozen")) -> str:
+    """'the reported recipe', or the reported recipe with each setting the runs hold otherwise, in words: a
+    claim about an experiment stays true when the recipe changes. `varied`: settings the experiment varies on
+    purpose, not counted as a difference."""
+    ours = lib.recorded_recipe(reported)
+    differ = {k: lib.recorded_recipe(r)[k] for r in runs for k in lib.RECIPE
+              if k not in varied and lib.recorded_recipe(r)[k] != ours[k]}
+    say = lambda x: "on" if x is True else "off" if x is False else x
+    return "the reported recipe" if not differ else "the reported recipe but with " + and_join(
+        f"{RECIPE_WORDS.get(k, k)} {say(x)}" for k, x in differ.items())
+
+
 def validation_runs() -> dict:
     """Every run of the experiments on the validation split (with `folder`), their plans, and the noise:
     sigma (one run's seed-to-seed std) and threshold (two std of a difference of two single runs)."""
@@ -1827,8 +1839,9 @@ def data_name(source: str) -> str:
     return "CIFAR-10, an offline JPEG copy" if "offline JPEG copy of CIFAR-10" in source else source
 
 
-def sweep_budget(runs: list[dict]) -> str:
-    """The sweeps' budget, data, device and precision, from the runs' own records."""
+def sweep_budget(runs: list[dict], reported: dict) -> str:
+    """The sweeps' budget, recipe (against `reported`, a reported run's record), data, device and precision,
+    from the runs' own records."""
     r = runs[0]
     points = {}
     for x in runs:
@@ -1838,7 +1851,7 @@ def sweep_budget(runs: list[dict]) -> str:
     seeds_text = (f"seed{'s' if len(seeds) > 1 else ''} {and_join(seeds)} at every point" if not fewer else
                   f"seeds {and_join(seeds)} at {sum(len(got) == len(seeds) for got in points.values())} of its "
                   f"{len(points)} points, one seed at the others ({and_join(fewer)})")
-    return (f"**Budget of every point:** the reported recipe on the first {r['n_train']:,} training images "
+    return (f"**Budget of every point:** {recipe_words(runs, reported)} on the first {r['n_train']:,} training images "
             f"({r['n_train'] // 10:,} per class) for {r['epochs']} epochs, evaluated on all {r['n_test']:,} test images "
             f"at the final epoch; {seeds_text}, compared seed by seed. "
             f"**Learning rate:** peak {r['recipe']['peak_lr']:g} × *B* / {r['recipe']['lr_batch']}. **Steps:** "

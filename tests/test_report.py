@@ -187,3 +187,12 @@ def test_a_stray_file_among_the_model_records_is_refused_naming_it(tmp_path, mon
     lib.write_json(dict(note="scratch"), tmp_path / "runs" / "robustness" / "notes.json")
     with pytest.raises(lib.NormbookError, match="notes.json is not a record of a saved model"):
         report.model_records("robustness")
+
+
+def test_an_experiment_in_another_recipe_names_what_differs_from_the_reported_one():
+    record = lambda **changes: dict(norm="bn", seed=0, recipe=dict(lib.RECIPE, **changes))
+    reported = record()
+    assert report.recipe_words([record(bn_ghost=16), record()], reported) == "the reported recipe"   # what it varies
+    older = report.recipe_words([record(optimizer="AdamW"), record(dirac=not lib.RECIPE["dirac"])], reported)
+    assert older == ("the reported recipe but with optimizer AdamW and identity (Dirac) initialisation "
+                     + ("off" if lib.RECIPE["dirac"] else "on"))
