@@ -162,12 +162,31 @@ def norm_sentence(norm: str, groups: int | str | None = None) -> str:
             + f" ({and_join(sorted(set(per_group)))} groups).")
 
 
+def optimizer_words(recipe: dict) -> str:
+    """A recipe's optimizer, schedule and initialisation in a sentence (the landing page's setup table, the run
+    pages): what a reader needs to know to repeat the training."""
+    sgd = (f"AdamW (β₁ {recipe['momentum']:g})" if recipe["optimizer"] == "AdamW" else
+           f"SGD with Nesterov momentum {recipe['momentum']:g}")
+    text = (f"Muon (peak LR {recipe['muon_lr']:g}) for the 3x3 convolutions' weights and {sgd} for the rest"
+            if recipe["optimizer"] == "Muon" else sgd)
+    decayed = ("the 1x1 convolutions' weights (the Muon weights are held at a fixed norm instead)"
+               if recipe["optimizer"] == "Muon" else "the conv weights")
+    text += (f"; one-cycle schedule to a peak LR of {recipe['peak_lr']:g} at batch {recipe['lr_batch']}, weight decay "
+             f"{recipe['weight_decay']:g} on {decayed}, label smoothing {recipe['label_smoothing']:g}")
+    if recipe["dirac"]:
+        text += "; every 3x3 convolution with as many outputs as inputs starts as the identity"
+    if recipe["whiten"] != "off":
+        text += f"; C1 starts as a whitening of the images' 3x3 patches ({recipe['whiten']})"
+    return text
+
+
 def training_note(metrics: dict, tuning_page: str = "../tuning", performance_page: str = "../performance") -> str:
     """A run page's line on how it was trained: the recipe (or how it differs from the reported runs'), and
     its wall time, with what the time does and does not measure."""
     recipe = metrics["recipe"]
     changed = {k: v for k, v in recipe.items() if lib.RECIPE.get(k) != v}
-    text = (f"Trained with the recipe of every reported run ([listed in the tuning appendix]({tuning_page}))." if not changed
+    text = (f"Trained with the recipe of every reported run ([listed in the tuning appendix]({tuning_page})): "
+            f"{optimizer_words(lib.recorded_recipe(metrics))}." if not changed
             else "The recipe of the reported runs except " + ", ".join(f"{k} = {v}" for k, v in changed.items()) + ".")
     return text + (f" It took {metrics['seconds'] / 60:.1f} min ({metrics['images_per_s']:.0f} images/s, "
                    f"{metrics['precision']}, memory layout {metrics['memory_format']}, the faster for this norm on this "
@@ -2084,8 +2103,7 @@ def setup_table(runs: dict[str, dict]):
                                   if r["shortcuts"] else "none" for r in recipes.values()),
         "parameters": ", ".join(f"{n.upper()} {m['params']:,}" for n, m in runs.items()),
         "epochs, batch size": one(f"{m['epochs']}, {m['batch_size']}" for m in runs.values()),
-        "optimizer": f"{r0['optimizer']}, one-cycle, peak LR {m0['peak_lr']:g}, weight decay "
-                     f"{r0['weight_decay']:g}, label smoothing {r0['label_smoothing']:g}",
+        "optimizer": one(optimizer_words(r) for r in recipes.values()),
         "augmentation": f"random flip, random translation ±{r0['translate']} px",
         "data": one(m["data"] for m in runs.values()),
         "training / test images": one(f"{m['n_train']:,} / {m['n_test']:,}" for m in runs.values()),
