@@ -622,13 +622,14 @@ def train_epoch(model, opt, step_fn, epoch_x, epoch_y, batch_size: int, lrs, set
 
 class Tracer:
     """Every `every` steps, per normalized layer: the scale of the norm's input (the per-channel std,
-    its mean and std over channels), the norm's gamma (mean, std), and the norm of the conv weight and
-    of its gradient. It only reads tensors, so the training arithmetic and random streams are unchanged.
+    its mean and std over channels), the norm's gamma (mean, std), the norm of the conv weight and of its
+    gradient, and the angle (radians) the step turned the weight by: what the optimizer did, whichever it is.
+    It only reads tensors, so the training arithmetic and random streams are unchanged.
     The "why they differ" chapter plots what it records (metrics["trace"])."""
-    KEYS = ("act_std_mean", "act_std_std", "gamma_mean", "gamma_std", "weight_norm", "grad_norm")
+    KEYS = ("act_std_mean", "act_std_std", "gamma_mean", "gamma_std", "weight_norm", "grad_norm", "rotation")
 
     def __init__(self, model: Net, every: int):
-        self.every, self.armed, self.inputs = every, False, {}
+        self.every, self.armed, self.inputs, self.before = every, False, {}, {}
         self.layers = {name: block for name, block in zip(LAYERS, model.flat()) if name.startswith("C")}
         self.trace = dict(every=every, step=[], lr=[], layers={n: {k: [] for k in self.KEYS} for n in self.layers})
         self.hooks = [norm.register_forward_pre_hook(lambda mod, args, name=name: self._keep(name, args[0]))
@@ -638,9 +639,12 @@ class Tracer:
         if self.armed:
             self.inputs[name] = x.detach().float().std(dim=(0, 2, 3))
 
+    @torch.no_grad()
     def arm(self, step: int) -> None:
-        """Before a step: keep the norms' inputs of this step if it is one to trace."""
+        """Before a step: keep the norms' inputs of this step, and the weights, if it is one to trace."""
         self.step, self.armed = step, step % self.every == 0
+        if self.armed:
+            self.before = {name: conv.weight.detach().double().flatten() for name, (conv, _, _) in self.layers.items()}
 
     @torch.no_grad()
     def record(self, lr: float) -> None:
@@ -652,8 +656,10 @@ class Tracer:
         for name, (conv, norm, _) in self.layers.items():
             act, row = self.inputs.pop(name), self.trace["layers"][name]
             grad = conv.weight.grad.norm() if conv.weight.grad is not None else 0.0     # 0: a frozen layer
+            w, w0 = conv.weight.detach().double().flatten(), self.before.pop(name)
+            turn = 2 * torch.asin(((w / w.norm() - w0 / w0.norm()).norm() / 2).clamp(max=1.0))  # exact for tiny angles
             for key, value in zip(self.KEYS, (act.mean(), act.std(), norm.weight.mean(), norm.weight.std(),
-                                              conv.weight.norm(), grad)):
+                                              conv.weight.norm(), grad, turn)):
                 row[key].append(float(value))
         self.armed = False
 

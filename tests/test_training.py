@@ -36,6 +36,7 @@ def test_the_trace_records_each_layer_and_changes_nothing(tiny_data):
     assert trace["step"] == [0, 3, 6, 9] and list(trace["layers"]) == [n for n in lib.LAYERS if n.startswith("C")]
     c1 = trace["layers"]["C1"]
     assert all(len(v) == 4 for v in c1.values()) and all(v > 0 for v in c1["weight_norm"] + c1["grad_norm"])
+    assert all(0 < v < 0.5 for v in c1["rotation"])                   # radians the step turned the weight by
     assert "trace" not in plain.metrics
 
 
