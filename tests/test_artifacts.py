@@ -199,6 +199,21 @@ def test_every_committed_run_verifies_and_every_record_holds_the_full_recipe():
         assert set(lib.recorded_recipe(record)) == set(lib.RECIPE), path
 
 
+def test_every_plans_committed_runs_were_trained_as_its_plan_says_today():
+    # A plan leaves unnamed settings to lib.RECIPE: when the recipe changes, a plan whose runs were trained in
+    # the old one must name it in its baseline, or the runs it still lacks would pair with runs of another recipe.
+    import experiments
+    checked = 0
+    for folder in experiments.plan_dirs():
+        plan = experiments.load_plan(folder)
+        for path, norm, name, seed in experiments.planned(folder):
+            record = lib.read_json(path) if path.exists() else {}
+            if "recipe" in record:
+                assert lib.recorded_recipe(record) == experiments.settings(plan, name)["recipe"], path
+                checked += 1
+    assert checked > 250
+
+
 def test_a_failed_write_keeps_the_old_artifact(saved, monkeypatch):
     (model, m, predictions), out = saved
     before = {p.name: p.read_bytes() for p in out.iterdir()}
