@@ -432,7 +432,7 @@ def plot_per_class(per_class, narrow: bool = False):
     return fig
 
 
-def spread(rows) -> float:
+def accuracy_range(rows) -> float:
     """How far apart the three norms' mean test accuracies are (points): the best minus the worst."""
     means = [r["test_mean"] for r in rows]
     return max(means) - min(means)
@@ -456,7 +456,7 @@ def findings(rep: Reported, cms: dict[str, torch.Tensor], runs_b: list[dict], ro
     order = sorted(rows, key=lambda n: -rows[n]["test_mean"])
     best, worst = order[0], order[-1]
     spread = seed_spread(rows.values())
-    gap = spread(rows.values())
+    gap = accuracy_range(rows.values())
     lowest = order[-2:]                                 # the two behind the best, higher first
     diff = abs(rows[lowest[0]]["test_mean"] - rows[lowest[1]]["test_mean"])
     seeds = min(r["seeds"] for r in rows.values())

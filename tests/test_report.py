@@ -69,7 +69,7 @@ def fake_sweep(root, accs: dict[tuple[str, int], float]):
                    folder / "plan.json")
     for (norm, batch), acc in accs.items():
         lib.write_json(dict(norm=norm, seed=0, batch_size=batch, final_test_acc=acc, precision="bf16", n_train=1000,
-                            epochs=1), folder / f"{norm}-batch_{batch}-s0.json")
+                            epochs=1, recipe=lib.RECIPE), folder / f"{norm}-batch_{batch}-s0.json")
 
 
 def findings_from_disk() -> list[dict]:
