@@ -130,7 +130,13 @@ def test_a_sweep_of_mixed_precision_is_refused(tmp_path, monkeypatch):
 
 
 def lever_run(norm, lever, seed, delta, folder="levers-screen"):
-    return dict(folder=folder, norm=norm, tuning=lever, seed=seed, delta=delta)
+    change = dict(dirac=True) if lever == "dirac init" else dict(optimizer="Muon", dirac=True) if lever == experiments.COMBINED \
+        else dict(optimizer="Muon") if lever.startswith("muon") else {}
+    recipe = {**lib.RECIPE, "optimizer": "SGD-Nesterov", "dirac": False, **change}
+    return dict(folder=folder, norm=norm, tuning=lever, seed=seed, delta=delta, recipe=recipe)
+
+
+REPORTED = dict(norm="bn", seed=0, recipe=dict(lib.RECIPE, optimizer="Muon", dirac=True))
 
 
 def test_the_lever_table_screens_confirms_and_decides_from_the_runs():
@@ -138,22 +144,26 @@ def test_the_lever_table_screens_confirms_and_decides_from_the_runs():
     v["runs"] = [lever_run(n, "dirac init", 0, d) for n, d in zip(lib.NORMS, (0.2, -0.3, 0.1))]
     v["runs"] += [lever_run(n, "muon lr 0.05", 0, d) for n, d in zip(lib.NORMS, (0.9, 0.1, 0.0))]
     v["runs"] += [lever_run("bn", "alternating flip", 0, 2.0)]
-    stages = report.lever_stages(v)
+    stages = report.lever_stages(v, REPORTED)
     table = stages["table"]
     assert table.loc["dirac init", "verdict"] == "stops at the screen"
     assert table.loc["muon lr 0.05", "verdict"] == "passes the screen (BN)"
     assert table.loc["alternating flip", "verdict"] == "screened for BN"
     assert stages["adopt"] is None and "The recipe of the reported runs is the one without these levers" in stages["text"]
     v["runs"] += [lever_run("bn", "muon lr 0.05", 1, 0.7, "levers-confirm"), lever_run("bn", "muon lr 0.1", 0, 0.3, "levers-confirm")]
-    table = report.lever_stages(v)["table"]
+    table = report.lever_stages(v, REPORTED)["table"]
     assert table.loc["muon lr 0.05", "verdict"] == "passed the screen; seeds measured: BN 2, GN 1, LN 1 of 3"
     assert table.loc["muon lr 0.05", "BN"] == "+0.80 (+0.70 to +0.90)"
     assert table.loc["muon lr 0.1", "verdict"] == "seeds measured: BN 1, GN 0, LN 0 of 3"
     combined = experiments.COMBINED
     for seed, gains in enumerate([(1.2, 1.0, -0.2), (1.0, 1.4, 0.1), (1.1, 0.9, -0.1)]):
         v["runs"] += [lever_run(n, combined, seed, d, "levers-confirm") for n, d in zip(lib.NORMS, gains)]
-    stages = report.lever_stages(v)
+    stages = report.lever_stages(v, REPORTED)
     assert stages["adopt"] is True and stages["table"].loc[combined, "BN"] == "+1.10 (+1.00 to +1.20)"
     assert stages["table"].loc[combined, "verdict"] == "BN gain; GN gain; LN within noise"
+    assert stages["text"].endswith("hurts none: the reported runs are trained with it.")
+    v["runs"] += [lever_run(n, "recipe", 0, None, "levers-confirm") for n in lib.NORMS]
+    assert "without the lever (the reported recipe but with optimizer SGD-Nesterov and identity (Dirac) " \
+           "initialisation off)" in report.lever_stages(v, REPORTED)["text"]
     v["runs"] = [r if not (r["tuning"] == combined and r["norm"] == "ln") else dict(r, delta=-1.5) for r in v["runs"]]
-    assert report.lever_stages(v)["adopt"] is False                  # a loss beyond noise for one norm vetoes it
+    assert report.lever_stages(v, REPORTED)["adopt"] is False                  # a loss beyond noise for one norm vetoes it
