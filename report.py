@@ -1104,11 +1104,13 @@ def weight_std(folder: str = "runs/weight-std", noise_from: str = "runs/tune") -
 # The performance appendix: bench/results.json (make bench) and bench/gpu_runs.json
 # =============================================================================================
 
-def bench_source(bench: dict) -> str:
+def bench_source(bench: dict, reported: dict) -> str:
+    """Where and how bench/results.json was measured, and in which recipe against `reported` (a run's record)."""
     p = bench["pipelines"][0]
     precision = p["lib_setting"].split(",")[0]          # as the timed training run recorded it
     return (f"Measured on **{p['device']}** ({p['threads']} threads, clock {p['clock_ghz']} GHz), PyTorch {p['torch']}, "
-            f"batch size {p['batch_size']}, {p['images_timed']:,} training images timed per pipeline and norm; every "
+            f"batch size {p['batch_size']}, {p['images_timed']:,} training images timed per pipeline and norm, "
+            f"lib.py's runs in {recipe_words([bench], reported)}; every "
             f"training step on this CPU runs in {precision}: the first table times both precisions, the "
             f"others {precision} alone.")
 
