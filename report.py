@@ -162,22 +162,25 @@ def norm_sentence(norm: str, groups: int | str | None = None) -> str:
             + f" ({and_join(sorted(set(per_group)))} groups).")
 
 
-def optimizer_words(recipe: dict) -> str:
-    """A recipe's optimizer, schedule and initialisation in a sentence (the landing page's setup table, the run
+def recipe_parts(recipe: dict) -> dict[str, str]:
+    """A recipe's optimizer, schedule and initialisation in words (the landing page's setup table, the run
     pages): what a reader needs to know to repeat the training."""
     sgd = (f"AdamW (β₁ {recipe['momentum']:g})" if recipe["optimizer"] == "AdamW" else
            f"SGD with Nesterov momentum {recipe['momentum']:g}")
-    text = (f"Muon (peak LR {recipe['muon_lr']:g}) for the 3x3 convolutions' weights and {sgd} for the rest"
-            if recipe["optimizer"] == "Muon" else sgd)
-    decayed = ("the 1x1 convolutions' weights (the Muon weights are held at a fixed norm instead)"
-               if recipe["optimizer"] == "Muon" else "the conv weights")
-    text += (f"; one-cycle schedule to a peak LR of {recipe['peak_lr']:g} at batch {recipe['lr_batch']}, weight decay "
-             f"{recipe['weight_decay']:g} on {decayed}, label smoothing {recipe['label_smoothing']:g}")
-    if recipe["dirac"]:
-        text += "; every 3x3 convolution with as many outputs as inputs starts as the identity"
-    if recipe["whiten"] != "off":
-        text += f"; C1 starts as a whitening of the images' 3x3 patches ({recipe['whiten']})"
-    return text
+    muon = recipe["optimizer"] == "Muon"
+    decayed = "the 1x1 convolutions' weights (Muon holds its weights at a fixed norm)" if muon else "the conv weights"
+    start = ["every 3x3 convolution with as many outputs as inputs starts as the identity"] if recipe["dirac"] else []
+    start += [f"C1 starts as a whitening of the images' 3x3 patches ({recipe['whiten']})"] if recipe["whiten"] != "off" else []
+    return {"optimizer": f"Muon (peak LR {recipe['muon_lr']:g}) for the 3x3 convolutions' weights, {sgd} for the rest"
+                         if muon else sgd,
+            "schedule": f"one-cycle to a peak LR of {recipe['peak_lr']:g} at batch {recipe['lr_batch']}; weight decay "
+                        f"{recipe['weight_decay']:g} on {decayed}; label smoothing {recipe['label_smoothing']:g}",
+            "initialisation": "; ".join(start) if start else "PyTorch's default (Kaiming uniform)"}
+
+
+def optimizer_words(recipe: dict) -> str:
+    """recipe_parts in one sentence."""
+    return "; ".join(f"{k}: {v}" for k, v in recipe_parts(recipe).items())
 
 
 def training_note(metrics: dict, tuning_page: str = "../tuning", performance_page: str = "../performance") -> str:
@@ -2128,7 +2131,7 @@ def setup_table(runs: dict[str, dict]):
                                   if r["shortcuts"] else "none" for r in recipes.values()),
         "parameters": ", ".join(f"{n.upper()} {m['params']:,}" for n, m in runs.items()),
         "epochs, batch size": one(f"{m['epochs']}, {m['batch_size']}" for m in runs.values()),
-        "optimizer": one(optimizer_words(r) for r in recipes.values()),
+        **{part: one(recipe_parts(r)[part] for r in recipes.values()) for part in ("optimizer", "schedule", "initialisation")},
         "augmentation": f"random flip, random translation ±{r0['translate']} px",
         "data": one(m["data"] for m in runs.values()),
         "training / test images": one(f"{m['n_train']:,} / {m['n_test']:,}" for m in runs.values()),

@@ -199,8 +199,10 @@ def test_an_experiment_in_another_recipe_names_what_differs_from_the_reported_on
 
 
 def test_the_optimizer_is_described_from_the_recipe_a_run_holds():
-    sgd = report.optimizer_words(dict(lib.RECIPE, optimizer="SGD-Nesterov", dirac=False, whiten="off"))
-    assert sgd.startswith("SGD with Nesterov momentum") and "on the conv weights" in sgd and "identity" not in sgd
-    muon = report.optimizer_words(dict(lib.RECIPE, optimizer="Muon", muon_lr=0.05, dirac=True, whiten="off"))
-    assert muon.startswith("Muon (peak LR 0.05) for the 3x3 convolutions' weights and SGD")
-    assert "on the 1x1 convolutions' weights" in muon and "starts as the identity" in muon
+    sgd = report.recipe_parts(dict(lib.RECIPE, optimizer="SGD-Nesterov", dirac=False, whiten="off"))
+    assert sgd["optimizer"].startswith("SGD with Nesterov momentum") and "on the conv weights" in sgd["schedule"]
+    assert sgd["initialisation"] == "PyTorch's default (Kaiming uniform)"
+    muon = report.recipe_parts(dict(lib.RECIPE, optimizer="Muon", muon_lr=0.05, dirac=True, whiten="off"))
+    assert muon["optimizer"].startswith("Muon (peak LR 0.05) for the 3x3 convolutions' weights, SGD")
+    assert "on the 1x1 convolutions' weights" in muon["schedule"] and "starts as the identity" in muon["initialisation"]
+    assert report.optimizer_words(dict(lib.RECIPE, optimizer="Muon", dirac=True)).startswith("optimizer: Muon")
