@@ -1,5 +1,6 @@
-"""Training levers measured as experiments, not (yet) part of the reported recipe. Each is one recipe
-key that lib reads (lib.train, or lib.Net for weight_std); with its default, lib never imports this module.
+"""The training levers of the book's tuning appendix, each one recipe key that lib reads (lib.train, or
+lib.Net for weight_std). Two are in the reported recipe (lib.RECIPE): Muon and the identity (Dirac)
+initialisation; the others are measured as experiments, and with their defaults lib does not use them.
 
 - optimizer="Muon": the conv weights that feed a norm get the fast CIFAR-10 trainers' Muon step
   (each weight rescaled to norm sqrt(out channels), then a Nesterov momentum update orthogonalised by

@@ -941,18 +941,19 @@ def batch_companions(rob: list[dict]) -> dict:
 
 
 def traces(runs: dict[str, dict]) -> dict[str, dict]:
-    """norm -> the layer trace of its seed-0 run, with `epoch` (the trace's steps in epochs) added."""
-    if any("trace" not in m for m in runs.values()):
-        raise lib.NormbookError("the seed-0 runs have no trace: retrain them with `make runs`")
+    """norm -> the layer trace of its seed-0 run, with `epoch` (the trace's steps in epochs) and the run's
+    `recipe` added."""
+    if any("rotation" not in m.get("trace", {}).get("layers", {}).get("C1", {}) for m in runs.values()):
+        raise lib.NormbookError("the seed-0 runs have no trace of each step's rotation: retrain them with `make runs`")
     import numpy as np
-    return {n: dict(m["trace"], epoch=np.array(m["trace"]["step"]) / math.ceil(m["n_train"] / m["batch_size"]))
-            for n, m in runs.items()}
+    return {n: dict(m["trace"], epoch=np.array(m["trace"]["step"]) / math.ceil(m["n_train"] / m["batch_size"]),
+                    recipe=lib.recorded_recipe(m)) for n, m in runs.items()}
 
 
-def effective_lr(trace: dict, layer: str):
-    """lr / ‖w‖² of one scale-invariant conv weight at each trace point."""
+def rotation_degrees(trace: dict, layer: str):
+    """The angle, in degrees, by which each traced step turned one conv weight."""
     import numpy as np
-    return np.array(trace["lr"]) / np.array(trace["layers"][layer]["weight_norm"]) ** 2
+    return np.degrees(np.array(trace["layers"][layer]["rotation"]))
 
 
 STAGE_COLORS = ("#E69F00", "#0072B2", "#CC79A7")   # Okabe-Ito: told apart with any colour vision
@@ -988,7 +989,7 @@ def plain_log_ticks(ax) -> None:
 def plot_trace(traced: dict[str, dict], key: str, ylabel: str, title: str, log: bool = False, smooth: int = 1,
                narrow: bool = False):
     """One panel per norm (narrow: stacked), one line per norm layer (layer_styles) of a traced quantity over
-    training; key 'effective_lr' plots effective_lr; smooth: a running mean over that many trace points (a
+    training; key 'rotation' is drawn in degrees; smooth: a running mean over that many trace points (a
     gradient's norm jumps from step to step)."""
     import matplotlib.pyplot as plt
     import numpy as np
@@ -999,7 +1000,7 @@ def plot_trace(traced: dict[str, dict], key: str, ylabel: str, title: str, log: 
     for ax, n in zip(axes, lib.NORMS):
         t = traced[n]
         for name in layers:
-            y = effective_lr(t, name) if key == "effective_lr" else np.array(t["layers"][name][key])
+            y = rotation_degrees(t, name) if key == "rotation" else np.array(t["layers"][name][key])
             y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
             ax.plot(t["epoch"][smooth - 1:], y, label=name, lw=1.3, **styles[name])
         ax.set(title=short_name(n))
@@ -1023,35 +1024,61 @@ def plot_trace(traced: dict[str, dict], key: str, ylabel: str, title: str, log: 
 
 
 def trace_text(traced: dict[str, dict]) -> str:
-    """Section 2's findings from the traces: weight growth, gradient shrinkage, peak effective LR, and the
-    scale of the norms' inputs at the end, as a Markdown list."""
+    """Section 2's findings from the traces: weight norms, gradient shrinkage, the angle each step turns a
+    weight, and the scale of the norms' inputs at the end, as a Markdown list; what the optimizer does to the
+    weights' norms is said for the optimizer the runs record."""
     import numpy as np
     layers = list(traced["bn"]["layers"])
     at = lambda n, key, i: np.mean([traced[n]["layers"][name][key][i] for name in layers])
     w_ratio = {n: at(n, "weight_norm", -1) / at(n, "weight_norm", 0) for n in lib.NORMS}
     g_ratio = {n: at(n, "grad_norm", -1) / at(n, "grad_norm", 0) for n in lib.NORMS}
-    peak = {n: np.mean([effective_lr(traced[n], name) for name in layers], axis=0).max() for n in lib.NORMS}
+    turn = {n: np.mean([rotation_degrees(traced[n], name) for name in layers], axis=0).max() for n in lib.NORMS}
     act_end = {n: (min(traced[n]["layers"][l]["act_std_mean"][-1] for l in layers),
                    max(traced[n]["layers"][l]["act_std_mean"][-1] for l in layers)) for n in lib.NORMS}
     each = lambda values, fmt: ", ".join(f"{short_name(n)} {values[n]:{fmt}}" for n in lib.NORMS)
+    muon = all(t["recipe"]["optimizer"] == "Muon" for t in traced.values())
+    invariant = ("A weight followed by a normalization is *scale-invariant*: multiplying it by a constant changes "
+                 "nothing downstream, and its gradient is orthogonal to it, so only its direction matters. ")
+    drift = ("every step lengthens such a weight while weight decay shortens it, and a longer weight turns the same "
+             "learning rate into a smaller rotation of its direction: the effective learning rate is lr / ‖w‖² "
+             "([van Laarhoven, 2017](https://arxiv.org/abs/1706.05350); [Zhang et al., 2019](https://arxiv.org/abs/1810.12281))")
+    ratio = "(mean over layers, last trace point over first)"
+    if muon:
+        # Muon's step is about the same size whatever the gradient: the angle follows its learning rate.
+        follows = {n: np.median([r / (lr * t["recipe"]["muon_lr"] / t["recipe"]["peak_lr"]) for name in layers
+                                 for r, lr in zip(t["layers"][name]["rotation"], t["lr"]) if lr > 0])
+                   for n, t in traced.items()}
+        weights = (f"Muon holds every 3x3 conv weight at norm √(its output channels): over training their norms change by "
+                   f"a factor of {each(w_ratio, '.2f')} {ratio}. " + invariant + "Under SGD alone " + drift
+                   + "; Muon takes that drift away.")
+        pull = "with the norm held fixed, that is the change of the pull on each weight's direction itself."
+        angle = ("; Muon's orthogonalised update has about the same size whatever the gradient, so the angle tracks "
+                 f"Muon's learning rate: over the trace points it is a median {each(follows, '.2f')} × that rate (in radians)")
+    else:
+        weights = (f"Over training the conv weights' norms change by a factor of {each(w_ratio, '.2f')} {ratio}. "
+                   + invariant + "So " + drift + ".")
+        pull = ("so the pull on each weight's direction is ‖gradient‖ × ‖w‖, and that changes by about "
+                f"{each({n: g_ratio[n] * w_ratio[n] for n in lib.NORMS}, '.2g')}: had the weights not grown, their "
+                "gradients would have grown by that much.")
+        angle = "; it is about lr × ‖gradient‖ / ‖w‖, the effective learning rate times that pull"
     return "\n".join(f"- {s}" for s in [
-        f"Over training the conv weights' norms change by a factor of {each(w_ratio, '.2f')} (mean over layers, last "
-        "trace point over first). A weight followed by a normalization is *scale-invariant*: multiplying it by a "
-        "constant changes nothing downstream, and its gradient is orthogonal to it, so every step lengthens it while "
-        "weight decay shortens it. A longer weight turns the same learning rate into a smaller rotation of its "
-        "direction: the effective learning rate is lr / ‖w‖² "
-        "([van Laarhoven, 2017](https://arxiv.org/abs/1706.05350); [Zhang et al., 2019](https://arxiv.org/abs/1810.12281)).",
-        f"The gradient reaching the conv weights changes by a factor of {each(g_ratio, '.2g')} over training (mean over "
-        "layers, last trace point over first). For a scale-invariant weight the gradient is inversely proportional to "
-        "‖w‖, so the pull on each weight's direction is ‖gradient‖ × ‖w‖, and that changes by about "
-        f"{each({n: g_ratio[n] * w_ratio[n] for n in lib.NORMS}, '.2g')}: had the weights not grown, their gradients "
-        "would have grown by that much.",
-        f"The highest effective learning rate (mean over layers) is {each(peak, '.2g')}; all fall to zero with the "
-        "one-cycle schedule.",
+        weights,
+        f"The gradient reaching the conv weights changes by a factor of {each(g_ratio, '.2g')} over training {ratio}. "
+        "For a scale-invariant weight the gradient is inversely proportional to ‖w‖; " + pull,
+        f"At its largest a step turns a conv weight by {each(turn, '.2f')} degrees (mean over layers)" + angle
+        + "; all fall to zero with the one-cycle schedule.",
         "At the end of training the norm inputs' scale ranges, over the eight layers, from "
         + "; ".join(f"{short_name(n)} {lo:.2g} to {hi:.2g}" for n, (lo, hi) in act_end.items())
         + ". The norm removes this scale, so the network is free to let it drift; it is the *direction* of "
         "each weight that the training moves."])
+
+
+def trace_takeaway(traced: dict[str, dict]) -> str:
+    """The chapter's takeaway on what the optimizer does to a scale-invariant weight."""
+    if all(t["recipe"]["optimizer"] == "Muon" for t in traced.values()):
+        return ("only its direction matters, and Muon holds its norm fixed, so the angle each step turns it follows "
+                "Muon's learning rate, whatever the norm")
+    return "its norm drifts, and the effective learning rate lr / ‖w‖² is what the schedule really controls"
 
 
 def weight_std(folder: str = "runs/weight-std", noise_from: str = "runs/tune") -> dict:
