@@ -485,7 +485,7 @@ def findings(rep: Reported, cms: dict[str, torch.Tensor], runs_b: list[dict], ro
         raise lib.NormbookError(f"{BATCH_SWEEP} holds no batch size trained for every norm: run `make sweeps`")
     worst, r = batch["worst"], runs_b[0]
     out.append(dict(title="Small batches", value=worst["bn"]["change_change"], text=(
-        f"in the batch-size sweep ({recipe_words(runs_b, runs['bn'])} on {r['n_train']:,} images for {r['epochs']} epochs, "
+        f"in the batch-size sweep ({recipe_words(runs_b, runs['bn'])}, on {r['n_train']:,} images for {r['epochs']} epochs, "
         f"paired by seed), going from batch 128 to batch {batch['done'][0]} changes test accuracy by " + ", ".join(
             f"{n.upper()} {worst[n]['change_change']:+.2f}" for n in lib.NORMS) + " points"
         + "; " + (f"BN falls behind the better of GN and LN at batch {', '.join(map(str, batch['behind']))}."
@@ -1321,6 +1321,8 @@ RECIPE_WORDS = {   # what each recipe setting means, for a reader
     "widths": "widths", "weight_std": "Weight Standardization", "bn_ghost": "BN ghost batch (0: the whole batch)",
     "bn_frozen": "BN statistics frozen after warm-up", "muon_lr": "Muon's peak LR (with optimizer Muon)",
     "whiten": "whitened first layer", "dirac": "identity (Dirac) initialisation"}
+SETTING_WORDS = {   # settings that read better as a phrase than as "name value"
+    ("optimizer", "SGD-Nesterov"): "SGD-Nesterov for every weight", ("dirac", False): "Kaiming initialisation"}
 LEVERS = ("muon lr 0.05", "whiten trainable", "whiten frozen", "dirac init", "alternating flip")
 
 
@@ -1331,9 +1333,12 @@ def recipe_words(runs: list[dict], reported: dict, varied=("bn_ghost", "bn_froze
     ours = lib.recorded_recipe(reported)
     differ = {k: lib.recorded_recipe(r)[k] for r in runs for k in lib.RECIPE
               if k not in varied and lib.recorded_recipe(r)[k] != ours[k]}
-    say = lambda x: "on" if x is True else "off" if x is False else x
-    return "the reported recipe" if not differ else "the reported recipe but with " + and_join(
-        f"{RECIPE_WORDS.get(k, k)} {say(x)}" for k, x in differ.items())
+    def say(k, x):
+        if (k, x) in SETTING_WORDS:
+            return SETTING_WORDS[k, x]
+        return f"{RECIPE_WORDS.get(k, k)} {'on' if x is True else 'off' if x is False else x}"
+    return "the reported recipe" if not differ else "the reported recipe with " + and_join(
+        say(k, x) for k, x in differ.items()) + " instead"
 
 
 def validation_runs() -> dict:
@@ -1925,7 +1930,7 @@ def sweep_budget(runs: list[dict], reported: dict) -> str:
     seeds_text = (f"seed{'s' if len(seeds) > 1 else ''} {and_join(seeds)} at every point" if not fewer else
                   f"seeds {and_join(seeds)} at {sum(len(got) == len(seeds) for got in points.values())} of its "
                   f"{len(points)} points, one seed at the others ({and_join(fewer)})")
-    return (f"**Budget of every point:** {recipe_words(runs, reported)} on the first {r['n_train']:,} training images "
+    return (f"**Budget of every point:** {recipe_words(runs, reported)}, on the first {r['n_train']:,} training images "
             f"({r['n_train'] // 10:,} per class) for {r['epochs']} epochs, evaluated on all {r['n_test']:,} test images "
             f"at the final epoch; {seeds_text}, compared seed by seed. "
             f"**Learning rate:** peak {r['recipe']['peak_lr']:g} × *B* / {r['recipe']['lr_batch']}. **Steps:** "

@@ -100,7 +100,7 @@ def test_findings_come_from_the_artifacts(tmp_path, monkeypatch):
     assert found["Ranking"]["text"].endswith("GN and LN differ by 1.00, below twice the largest seed-to-seed std (2 × 0.71 = 1.41).")
     assert "for every norm, airplane ↔ automobile" in found["Most confused pair"]["text"]   # the made-up mistakes
     small = found["Small batches"]
-    assert small["value"] == -10.0 and "(the reported recipe on 1,000 images for 1 epochs, paired by seed)" in small["text"]
+    assert small["value"] == -10.0 and "(the reported recipe, on 1,000 images for 1 epochs, paired by seed)" in small["text"]
     assert small["text"].endswith("going from batch 128 to batch 2 changes test accuracy by BN -10.00, GN +1.00, "
                                   "LN +0.00 points; BN is never behind the better of GN and LN beyond the seed noise.")
     fake_sweep(tmp_path, {("ln", 2): 35.0})
@@ -191,11 +191,12 @@ def test_a_stray_file_among_the_model_records_is_refused_naming_it(tmp_path, mon
 
 def test_an_experiment_in_another_recipe_names_what_differs_from_the_reported_one():
     record = lambda **changes: dict(norm="bn", seed=0, recipe=dict(lib.RECIPE, **changes))
-    reported = record()
-    assert report.recipe_words([record(bn_ghost=16), record()], reported) == "the reported recipe"   # what it varies
-    older = report.recipe_words([record(optimizer="AdamW"), record(dirac=not lib.RECIPE["dirac"])], reported)
-    assert older == ("the reported recipe but with optimizer AdamW and identity (Dirac) initialisation "
-                     + ("off" if lib.RECIPE["dirac"] else "on"))
+    reported = record(dirac=True, optimizer="Muon")
+    assert report.recipe_words([record(bn_ghost=16, dirac=True, optimizer="Muon")], reported) == "the reported recipe"
+    older = report.recipe_words([record(optimizer="AdamW", dirac=True), record(optimizer="Muon", dirac=False)], reported)
+    assert older == "the reported recipe with optimizer AdamW and Kaiming initialisation instead"
+    assert report.recipe_words([record(optimizer="SGD-Nesterov", dirac=True, ema=0.99)], reported) == (
+        "the reported recipe with SGD-Nesterov for every weight and weight averaging decay (0: off) 0.99 instead")
 
 
 def test_the_optimizer_is_described_from_the_recipe_a_run_holds():

@@ -163,7 +163,7 @@ def test_the_lever_table_screens_confirms_and_decides_from_the_runs():
     assert stages["table"].loc[combined, "verdict"] == "BN gain; GN gain; LN within noise"
     assert stages["text"].endswith("hurts none: the reported runs are trained with it.")
     v["runs"] += [lever_run(n, "recipe", 0, None, "levers-confirm") for n in lib.NORMS]
-    assert "without the lever (the reported recipe but with optimizer SGD-Nesterov and identity (Dirac) " \
-           "initialisation off)" in report.lever_stages(v, REPORTED)["text"]
+    assert "without the lever (the reported recipe with SGD-Nesterov for every weight and Kaiming initialisation " \
+           "instead)" in report.lever_stages(v, REPORTED)["text"]
     v["runs"] = [r if not (r["tuning"] == combined and r["norm"] == "ln") else dict(r, delta=-1.5) for r in v["runs"]]
     assert report.lever_stages(v, REPORTED)["adopt"] is False                  # a loss beyond noise for one norm vetoes it
