@@ -19,6 +19,7 @@ def readme_results() -> str:
     lines = [f"**Read it:** [{site}]({site}) · [![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab})",
              "", a["text"], "", "**Which should I use?**", ""]
     lines += [f"- {r['short']} ([evidence]({link(*r['link'])}))" for r in a["recs"]]
+    lines += ["", a["recipes"]] if a["recipes"] else []
     lines += ["", f"![Left: final test accuracy per norm; right: each norm's test accuracy against batch size, in "
               f"a shorter budget]({'book/figures/answer.png'})", ""]
     lines += [] if all(r["full"] for r in rows) else [

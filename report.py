@@ -121,8 +121,8 @@ def seed_spread(rows) -> float:
 
 
 def mean_std_text(row: dict) -> str:
-    """'82.36 ± 0.27' over a row's seeds (or the seed-0 number alone)."""
-    return f"{row['test_mean']:.2f} ± {row['test_std']:.2f}" if row["seeds"] > 1 else f"{row['test_acc']:.2f}"
+    """'82.36 ± 0.27' over a row's seeds, unbroken (no-break spaces) (or the seed-0 number alone)."""
+    return f"{row['test_mean']:.2f}\u00a0±\u00a0{row['test_std']:.2f}" if row["seeds"] > 1 else f"{row['test_acc']:.2f}"
 
 
 def level(a: dict, b: dict, spread: float) -> bool:
@@ -168,7 +168,7 @@ def recipe_parts(recipe: dict) -> dict[str, str]:
     sgd = (f"AdamW (β₁ {recipe['momentum']:g})" if recipe["optimizer"] == "AdamW" else
            f"SGD with Nesterov momentum {recipe['momentum']:g}")
     muon = recipe["optimizer"] == "Muon"
-    decayed = "the 1x1 convolutions' weights (Muon holds its weights at a fixed norm)" if muon else "the conv weights"
+    decayed = "the 1x1 convolutions' weights (the Muon step holds the 3x3 weights at a fixed norm)" if muon else "the conv weights"
     start = ["every 3x3 convolution with as many outputs as inputs starts as the identity"] if recipe["dirac"] else []
     start += [f"C1 starts as a whitening of the images' 3x3 patches ({recipe['whiten']})"] if recipe["whiten"] != "off" else []
     return {"optimizer": f"Muon (peak LR {recipe['muon_lr']:g}) for the 3x3 convolutions' weights, {sgd} for the rest"
@@ -937,6 +937,7 @@ def batch_companions(rob: list[dict]) -> dict:
         gnln_acc_spread=f"{max(acc[c].max() - acc[c].min() for c in ('GN', 'LN')):.2f}", bn_clean=f"{clean['bn']:.2f}",
         gnln_one_class=("exactly their usual accuracy, " if same else "against their usual ") + ", ".join(
             f"{short_name(n)} {one_class[n]:.2f} %" + ("" if same else f" (usually {clean[n]:.2f} %)") for n in ("gn", "ln")))
+    changed = changed.drop(index=1, errors="ignore")          # one image alone has no companions to change
     return dict(accuracy=acc, changed=changed, numbers=numbers)
 
 
@@ -1048,7 +1049,8 @@ def trace_text(traced: dict[str, dict]) -> str:
         follows = {n: np.median([r / (lr * t["recipe"]["muon_lr"] / t["recipe"]["peak_lr"]) for name in layers
                                  for r, lr in zip(t["layers"][name]["rotation"], t["lr"]) if lr > 0])
                    for n, t in traced.items()}
-        weights = (f"Muon holds every 3x3 conv weight at norm √(its output channels): over training their norms change by "
+        weights = (f"The Muon step, as in airbench, rescales every 3x3 conv weight to norm √(its output channels) before it "
+                   f"moves it: over training their norms change by "
                    f"a factor of {each(w_ratio, '.2f')} {ratio}. " + invariant + "Under SGD alone " + drift
                    + "; Muon takes that drift away.")
         pull = "with the norm held fixed, that is the change of the pull on each weight's direction itself."
@@ -1076,12 +1078,12 @@ def trace_text(traced: dict[str, dict]) -> str:
 def trace_takeaway(traced: dict[str, dict]) -> str:
     """The chapter's takeaway on what the optimizer does to a scale-invariant weight."""
     if all(t["recipe"]["optimizer"] == "Muon" for t in traced.values()):
-        return ("only its direction matters, and Muon holds its norm fixed, so the angle each step turns it follows "
+        return ("only its direction matters, and the Muon step holds its norm fixed, so the angle each step turns it follows "
                 "Muon's learning rate, whatever the norm")
     return "its norm drifts, and the effective learning rate lr / ‖w‖² is what the schedule really controls"
 
 
-def weight_std(folder: str = "runs/weight-std", noise_from: str = "runs/tune") -> dict:
+def weight_std(reported: dict, folder: str = "runs/weight-std", noise_from: str = "runs/tune") -> dict:
     """Section 3: Weight Standardization's paired change per norm on the validation split (table), the
     paragraph that says where its runs are and what cleared the noise, and the takeaway."""
     import experiments
@@ -1107,7 +1109,8 @@ def weight_std(folder: str = "runs/weight-std", noise_from: str = "runs/tune") -
     text = ((f"The {planned} runs" if done == planned else f"{done} of the {planned} runs")
             + f" ({n_ws} with Weight Standardization, {done - n_ws} without) are in `{folder}/`. "
             "The threshold is two standard deviations of a mean of that many paired differences, from the "
-            f"validation noise of the tuning appendix. Data: {runs[0]['data']}; device: {runs[0]['device']}. ")
+            f"validation noise of the tuning appendix. Recipe: {recipe_words(runs, reported, varied=('weight_std',))}. "
+            f"Data: {runs[0]['data']}; device: {runs[0]['device']}. ")
     gains = list(table[table.verdict == "clear gain"].index)
     if not changes:
         text += "No run with Weight Standardization is in the folder."
@@ -1119,7 +1122,7 @@ def weight_std(folder: str = "runs/weight-std", noise_from: str = "runs/tune") -
     for n in lib.NORMS:
         d = deltas[n]
         if len(d) > 1 and table.verdict[short_name(n)] == "within noise" and (min(d) >= 0.1 or max(d) <= -0.1):
-            text += (f" {short_name(n)} {'gains' if statistics.mean(d) > 0 else 'loses'} at least 0.1 points in each of "
+            text += (f" {short_name(n)} {'gains' if statistics.mean(d) > 0 else 'loses'} in each of "
                      f"its {len(d)} seeds ({min(d):+.2f} to {max(d):+.2f}), but its mean stays inside the threshold: "
                      "a hint, not a result.")
     counts = sorted({len(d) for d in deltas.values()})
@@ -1323,6 +1326,8 @@ RECIPE_WORDS = {   # what each recipe setting means, for a reader
     "whiten": "whitened first layer", "dirac": "identity (Dirac) initialisation"}
 SETTING_WORDS = {   # settings that read better as a phrase than as "name value"
     ("optimizer", "SGD-Nesterov"): "SGD-Nesterov for every weight", ("dirac", False): "Kaiming initialisation"}
+LEVER_WORDS = {("optimizer", "Muon"): "**Muon** for the 3x3 conv weights", ("dirac", True): "**identity initialisation**",
+               ("whiten", "trainable"): "a **whitened first layer**", ("whiten", "frozen"): "a frozen **whitened first layer**"}
 LEVERS = ("muon lr 0.05", "whiten trainable", "whiten frozen", "dirac init", "alternating flip")
 
 
@@ -1337,8 +1342,20 @@ def recipe_words(runs: list[dict], reported: dict, varied=("bn_ghost", "bn_froze
         if (k, x) in SETTING_WORDS:
             return SETTING_WORDS[k, x]
         return f"{RECIPE_WORDS.get(k, k)} {'on' if x is True else 'off' if x is False else x}"
-    return "the reported recipe" if not differ else "the reported recipe with " + and_join(
-        say(k, x) for k, x in differ.items()) + " instead"
+    return "the reported recipe" if not differ else "a recipe with " + and_join(
+        say(k, x) for k, x in differ.items()) + ", the rest as in the reported runs"
+
+
+def evidence_recipes(sources: dict[str, list[dict]], reported: dict) -> str:
+    """One sentence per recipe, other than the reported one, that some of the evidence was measured in:
+    `sources` maps what a reader calls the evidence ("the group-count sweep") to its runs' records."""
+    by_recipe = {}
+    for name, runs in sources.items():
+        words = recipe_words(runs, reported)
+        if runs and words != "the reported recipe":
+            by_recipe.setdefault(words, []).append(name)
+    return " ".join(f"{and_join(names)[0].upper()}{and_join(names)[1:]} come{'s' if len(names) == 1 else ''} from {words}."
+                    for words, names in by_recipe.items())
 
 
 def validation_runs() -> dict:
@@ -1432,6 +1449,7 @@ def kept_text(v: dict, tried) -> str:
     today = tried[tried["started from"] == "SiLU, shortcuts"]
     best = today["mean gain"].idxmax()
     others = tried[(tried.verdict == "clear gain") & ~tried.setting.isin(settings)]
+    levers = {k: x for k, x in adopted.items() if describe_change({k: x}) not in set(kept.setting) and k != "muon_lr"}
     return "\n".join(f"- {line}" for line in [
         "Adopted, each a clear gain on average over its runs: " + "; ".join(
             f"**{name}** ({r.setting}, {r.device}: {r['mean gain']:+.2f} over {r.runs} runs)" for name, r in kept.iterrows()) + ".",
@@ -1440,16 +1458,24 @@ def kept_text(v: dict, tried) -> str:
         f"against a threshold of ±{today.loc[best, '± threshold']:.2f}: "
         + ("a clear gain." if today.loc[best, "verdict"] == "clear gain" else "none clears the noise as a gain."),
         *[f"A clear gain not adopted: *{name}* ({r['mean gain']:+.2f}, {r.device}), because another value of the same "
-          "setting, the one in the recipe, gained more." for name, r in others.iterrows()]])
+          "setting, the one in the recipe, gained more." for name, r in others.iterrows()],
+        *([f"Adopted last, together, from the levers of the fast CIFAR-10 trainers below: " + and_join(
+            LEVER_WORDS.get((k, x), describe_change({k: x})) for k, x in levers.items()) + "."] if levers else [])])
 
 
 def recipe_table():
     """The recipe of the reported runs, one setting a row, in words."""
     import pandas as pd
+    muon = lib.RECIPE["optimizer"] == "Muon"
+    names = dict(RECIPE_WORDS, **({"peak_lr": "peak learning rate (one-cycle) of the weights SGD-Nesterov moves",
+                                   "weight_decay": "weight decay (1x1 conv weights)",
+                                   "muon_lr": "Muon's peak learning rate (3x3 conv weights)"} if muon else {}))
     value = lambda k, x: "the widths of the network chapter" if k == "widths" and x is None else \
-        lib.ACTIVATION_NAMES.get(x, x) if k == "activation" else "yes" if x is True else "no" if x is False else x
-    return pd.DataFrame([{"setting": RECIPE_WORDS.get(k, k), "value": str(value(k, x))} for k, x in lib.RECIPE.items()
-                         if k not in ("bn_ghost", "bn_frozen", "muon_lr") or x]).set_index("setting")
+        lib.ACTIVATION_NAMES.get(x, x) if k == "activation" else "yes" if x is True else "no" if x is False else \
+        "Muon for the 3x3 conv weights, SGD-Nesterov for the rest" if (k, x) == ("optimizer", "Muon") else x
+    return pd.DataFrame([{"setting": names.get(k, k), "value": str(value(k, x))} for k, x in lib.RECIPE.items()
+                         if k not in ("bn_ghost", "bn_frozen", "muon_lr") or (x and (k != "muon_lr" or muon))]
+                        ).set_index("setting")
 
 
 def lever_stages(v: dict, reported: dict) -> dict:
@@ -1477,7 +1503,7 @@ def lever_stages(v: dict, reported: dict) -> dict:
                 row[SHORT[n]] = "—"
                 continue
             mean, bar = statistics.mean(d), v["threshold"] / math.sqrt(len(d))
-            row[SHORT[n]] = f"{mean:+.2f}" + (f" ({min(d):+.2f} to {max(d):+.2f})" if len(d) > 1 else "")
+            row[SHORT[n]] = f"{mean:+.2f}" + (f" ({min(d):+.2f}\u00a0to\u00a0{max(d):+.2f})" if len(d) > 1 else "")
             verdicts[n] = ("gain" if mean > bar else "loss" if mean < -bar else "within noise") if len(d) >= 3 else \
                 "passes the screen" if mean >= screen_bar else "below the screen's bar"
         seeds = {n: len(per_norm.get(n, {})) for n in lib.NORMS}
@@ -1982,7 +2008,7 @@ def batch_text(batch: dict, control: dict, rows: list[dict]) -> str:
                                    if main_order[0] == control["order_10"][0] else
                                    f"the sweep puts {control['order_10'][0].upper()} first instead")
         + f", with larger gaps at its shorter budget (BN − better other: {batch['lead'][128]['change']:+.2f} points here, "
-        f"{main_lead:+.2f} in the reported runs). The gaps between norms depend on the budget; what the sweep measures "
+        f"{main_lead:+.2f} in the reported runs). The gaps between norms depend on the budget and the recipe; what the sweep measures "
         "is how each norm's accuracy changes with the batch size.",
     ]
     return "\n".join(f"- {l}" for l in lines)
@@ -2192,7 +2218,9 @@ def answer() -> dict:
     batch = batch_summary(batch_runs)
     why = why_bn_leads(fit_rows(model_records("fit")), batch_runs, diverged(BATCH_SWEEP))
     groups = group_summary(group_rows(group_runs), noise(group_runs))
-    recs = recommendations(rows, batch, groups, robustness_summary(rob),
-                           lib.read_json(lib.ROOT / "bench" / "results.json")["pipelines"])
+    bench = lib.read_json(lib.ROOT / "bench" / "results.json")
+    recs = recommendations(rows, batch, groups, robustness_summary(rob), bench["pipelines"])
+    recipes = evidence_recipes({"the batch-size sweep (with its ghost batches)": batch_runs,
+                                "the group-count sweep": group_runs, "the timings": [bench]}, rep.main["bn"])
     return dict(reported=rep, batch_runs=batch_runs, robustness=rob, rows=rows, batch=batch, why=why, recs=recs,
-                text=answer_text(rows, why))
+                text=answer_text(rows, why), recipes=recipes)

@@ -34,7 +34,7 @@ def test_error_bars_average_only_runs_trained_like_seed_0(tmp_path, monkeypatch)
     fake_runs(tmp_path, {"bn": [80.0, 82.0, 90.0], "gn": [70.0, 71.0], "ln": [75.0]}, change=dict(shortcuts=False))
     rows = {r["norm"]: r for r in report.summary_rows(report.reported())}
     assert (rows["bn"]["seeds"], rows["bn"]["test_mean"], rows["bn"]["tta_mean"]) == (2, 81.0, 82.0)
-    assert report.mean_std_text(rows["bn"]) == "81.00 ± 1.41" and report.mean_std_text(rows["ln"]) == "75.00"
+    assert report.mean_std_text(rows["bn"]) == "81.00\u00a0±\u00a01.41" and report.mean_std_text(rows["ln"]) == "75.00"
     assert report.reported().left_out == ["bn-s2 (recipe)"]
 
 
@@ -47,7 +47,7 @@ def test_summary_rows_are_computed_from_runs_in_memory():
     assert [(r["norm"], r["seeds"], r["test_accs"], r["test_mean"], r["train_acc"], r["minutes"], r["full"])
             for r in rows] == [("bn", 2, [80.0, 84.0], 82.0, 85.0, 2.0, True), ("gn", 1, [70.0], 70.0, 75.0, 2.0, True),
                                ("ln", 1, [75.0], 75.0, 80.0, 2.0, True)]
-    assert report.mean_std_text(rows[0]) == "82.00 ± 2.83"
+    assert report.mean_std_text(rows[0]) == "82.00\u00a0±\u00a02.83"
 
 
 def test_runs_of_another_precision_are_left_out_of_the_error_bars_and_named(tmp_path, monkeypatch):
@@ -96,7 +96,7 @@ def test_findings_come_from_the_artifacts(tmp_path, monkeypatch):
                           ("bn", 2): 50.0, ("gn", 2): 56.0, ("ln", 2): 50.0, ("bn", 8): 58.0})   # no GN/LN at 8
     found = {f["title"]: f for f in findings_from_disk()}
     assert found["Ranking"]["value"] == pytest.approx(82.5 - 79.25)
-    assert found["Ranking"]["text"].startswith("BN 82.50 ± 0.71 % > GN 80.25 ± 0.35 % > LN 79.25 ± 0.35 %")
+    assert found["Ranking"]["text"].startswith("BN 82.50\u00a0±\u00a00.71 % > GN 80.25\u00a0±\u00a00.35 % > LN 79.25\u00a0±\u00a00.35 %")
     assert found["Ranking"]["text"].endswith("GN and LN differ by 1.00, below twice the largest seed-to-seed std (2 × 0.71 = 1.41).")
     assert "for every norm, airplane ↔ automobile" in found["Most confused pair"]["text"]   # the made-up mistakes
     small = found["Small batches"]
@@ -194,9 +194,15 @@ def test_an_experiment_in_another_recipe_names_what_differs_from_the_reported_on
     reported = record(dirac=True, optimizer="Muon")
     assert report.recipe_words([record(bn_ghost=16, dirac=True, optimizer="Muon")], reported) == "the reported recipe"
     older = report.recipe_words([record(optimizer="AdamW", dirac=True), record(optimizer="Muon", dirac=False)], reported)
-    assert older == "the reported recipe with optimizer AdamW and Kaiming initialisation instead"
+    assert older == "a recipe with optimizer AdamW and Kaiming initialisation, the rest as in the reported runs"
     assert report.recipe_words([record(optimizer="SGD-Nesterov", dirac=True, ema=0.99)], reported) == (
-        "the reported recipe with SGD-Nesterov for every weight and weight averaging decay (0: off) 0.99 instead")
+        "a recipe with SGD-Nesterov for every weight and weight averaging decay (0: off) 0.99, the rest as in the "
+        "reported runs")
+    sgd = [record(optimizer="SGD-Nesterov", dirac=False)]
+    assert report.evidence_recipes({"the sweep": sgd, "the timings": sgd, "the robustness runs": [reported]}, reported) == (
+        "The sweep and the timings come from a recipe with SGD-Nesterov for every weight and Kaiming initialisation, "
+        "the rest as in the reported runs.")
+    assert report.evidence_recipes({"the sweep": [reported], "the timings": []}, reported) == ""
 
 
 def test_the_optimizer_is_described_from_the_recipe_a_run_holds():

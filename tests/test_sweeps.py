@@ -153,17 +153,17 @@ def test_the_lever_table_screens_confirms_and_decides_from_the_runs():
     v["runs"] += [lever_run("bn", "muon lr 0.05", 1, 0.7, "levers-confirm"), lever_run("bn", "muon lr 0.1", 0, 0.3, "levers-confirm")]
     table = report.lever_stages(v, REPORTED)["table"]
     assert table.loc["muon lr 0.05", "verdict"] == "passed the screen; seeds measured: BN 2, GN 1, LN 1 of 3"
-    assert table.loc["muon lr 0.05", "BN"] == "+0.80 (+0.70 to +0.90)"
+    assert table.loc["muon lr 0.05", "BN"] == "+0.80 (+0.70\u00a0to\u00a0+0.90)"
     assert table.loc["muon lr 0.1", "verdict"] == "seeds measured: BN 1, GN 0, LN 0 of 3"
     combined = experiments.COMBINED
     for seed, gains in enumerate([(1.2, 1.0, -0.2), (1.0, 1.4, 0.1), (1.1, 0.9, -0.1)]):
         v["runs"] += [lever_run(n, combined, seed, d, "levers-confirm") for n, d in zip(lib.NORMS, gains)]
     stages = report.lever_stages(v, REPORTED)
-    assert stages["adopt"] is True and stages["table"].loc[combined, "BN"] == "+1.10 (+1.00 to +1.20)"
+    assert stages["adopt"] is True and stages["table"].loc[combined, "BN"] == "+1.10 (+1.00\u00a0to\u00a0+1.20)"
     assert stages["table"].loc[combined, "verdict"] == "BN gain; GN gain; LN within noise"
     assert stages["text"].endswith("hurts none: the reported runs are trained with it.")
     v["runs"] += [lever_run(n, "recipe", 0, None, "levers-confirm") for n in lib.NORMS]
-    assert "without the lever (the reported recipe with SGD-Nesterov for every weight and Kaiming initialisation " \
-           "instead)" in report.lever_stages(v, REPORTED)["text"]
+    assert "without the lever (a recipe with SGD-Nesterov for every weight and Kaiming initialisation, the rest as " \
+           "in the reported runs)" in report.lever_stages(v, REPORTED)["text"]
     v["runs"] = [r if not (r["tuning"] == combined and r["norm"] == "ln") else dict(r, delta=-1.5) for r in v["runs"]]
     assert report.lever_stages(v, REPORTED)["adopt"] is False                  # a loss beyond noise for one norm vetoes it
