@@ -1559,18 +1559,20 @@ def ceiling(main: dict[str, dict]) -> dict:
     if not runs:
         return dict(table=table, text="No run of this kind is in `runs/ceiling/`.")
     done = [e for e in epochs if all((n, e) in runs for n in lib.NORMS)]
-    change = lambda e: [runs[n, e]["final_test_acc"] - main[n]["final_test_acc"] for n in lib.NORMS]
+    change = lambda e, n: runs[n, e]["final_test_acc"] - main[n]["final_test_acc"]
     text = " ".join(
         f"At {e} epochs the recipe reaches " + ", ".join(f"{n.upper()} {runs[n, e]['final_test_acc']:.2f} %" for n in lib.NORMS)
         + f" ({sum(runs[n, e]['final_test_acc'] >= experiments.TARGETS[n] for n in lib.NORMS)} of 3 at or above their "
-        f"reference point), {min(change(e)):+.2f} to {max(change(e)):+.2f} points against 20 epochs." for e in done)
+        f"reference point), {min(change(e, n) for n in lib.NORMS):+.2f} to {max(change(e, n) for n in lib.NORMS):+.2f} "
+        "points against 20 epochs." for e in done)
     for e in epochs:
         if e not in done and (some := [n for n in lib.NORMS if (n, e) in runs]):
-            reached = and_join(f"{n.upper()} reaches {runs[n, e]['final_test_acc']:.2f} %" for n in some)
-            text += f" At {e} epochs {reached} ({and_join(n.upper() for n in lib.NORMS if n not in some)} not trained that long)."
+            reached = and_join(f"{n.upper()} reaches {runs[n, e]['final_test_acc']:.2f} % ({change(e, n):+.2f} points "
+                               f"against 20 epochs; reference point {experiments.TARGETS[n]:.0f} %)" for n in some)
+            text += f" At {e} epochs {reached}; {and_join(n.upper() for n in lib.NORMS if n not in some)}: no run of that length."
     first = next(iter(runs.values()))
     text += f" Data: {first['data']}; device: {first['device']}; seed 0; test set."
-    return dict(table=table, text=text)
+    return dict(table=table, text=text.strip())
 
 
 def targets_numbers(rows: list[dict]) -> dict:

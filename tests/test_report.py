@@ -1,4 +1,6 @@
 """report.py and the README block: error bars, findings on made-up runs, refusals naming the file."""
+import json
+
 import pytest
 import torch
 
@@ -213,3 +215,24 @@ def test_the_optimizer_is_described_from_the_recipe_a_run_holds():
     assert muon["optimizer"].startswith("Muon (peak LR 0.05) for the 3x3 convolutions' weights, SGD")
     assert "on the 1x1 convolutions' weights" in muon["schedule"] and "starts as the identity" in muon["initialisation"]
     assert report.optimizer_words(dict(lib.RECIPE, optimizer="Muon", dirac=True)).startswith("optimizer: Muon")
+
+
+def test_the_ceiling_says_what_landed_against_20_epochs_and_the_reference_point(tmp_path, monkeypatch):
+    plan = (lib.ROOT / "runs" / "ceiling" / "plan.json").read_text()
+    monkeypatch.setattr(lib, "ROOT", tmp_path)
+    (tmp_path / "runs" / "ceiling").mkdir(parents=True)
+    (tmp_path / "runs" / "ceiling" / "plan.json").write_text(plan)
+    main = {n: dict(final_test_acc=acc) for n, acc in zip(lib.NORMS, (83.0, 81.0, 80.0))}
+    assert report.ceiling(main)["text"] == "No run of this kind is in `runs/ceiling/`."
+    run = lambda norm, acc: json.dumps(dict(norm=norm, epochs=60, final_test_acc=acc, final_train_acc=90.0, data="d",
+                                            device="cpu"))
+    (tmp_path / "runs" / "ceiling" / "bn-60_epochs-s0.json").write_text(run("bn", 85.5))
+    text = report.ceiling(main)["text"]
+    assert text.startswith("At 60 epochs BN reaches 85.50 % (+2.50 points against 20 epochs; reference point 85 %); "
+                           "GN and LN: no run of that length.")
+    for norm, acc in (("gn", 82.0), ("ln", 79.5)):
+        (tmp_path / "runs" / "ceiling" / f"{norm}-60_epochs-s0.json").write_text(run(norm, acc))
+    result = report.ceiling(main)
+    assert result["text"].startswith("At 60 epochs the recipe reaches BN 85.50 %, GN 82.00 %, LN 79.50 % (1 of 3 at or "
+                                     "above their reference point), -0.50 to +2.50 points against 20 epochs.")
+    assert result["table"].loc["GroupNorm", "60 epochs"] == 82.0
