@@ -1326,8 +1326,7 @@ RECIPE_WORDS = {   # what each recipe setting means, for a reader
     "whiten": "whitened first layer", "dirac": "identity (Dirac) initialisation"}
 SETTING_WORDS = {   # settings that read better as a phrase than as "name value"
     ("optimizer", "SGD-Nesterov"): "SGD-Nesterov for every weight", ("dirac", False): "Kaiming initialisation"}
-LEVER_WORDS = {("optimizer", "Muon"): "**Muon** for the 3x3 conv weights", ("dirac", True): "**identity initialisation**",
-               ("whiten", "trainable"): "a **whitened first layer**", ("whiten", "frozen"): "a frozen **whitened first layer**"}
+LEVER_WORDS = {("optimizer", "Muon"): "**Muon** for the 3x3 conv weights", ("dirac", True): "**identity initialisation**"}
 LEVERS = ("muon lr 0.05", "whiten trainable", "whiten frozen", "dirac init", "alternating flip")
 
 
@@ -1440,10 +1439,11 @@ def plot_first_changes(v: dict, narrow: bool = False):
     return fig
 
 
-def kept_text(v: dict, tried) -> str:
-    """What was adopted into the recipe, what else was measured on it, and a clear gain left out, and why."""
+def kept_text(v: dict, tried, reported: dict) -> str:
+    """What was adopted into the recipe of the reported runs (`reported`, one run's record), what else was
+    measured on it, and a clear gain left out, and why."""
     first_base = next(r for r in v["runs"] if r["folder"] == "tune" and r["tuning"] == "recipe")
-    adopted = {k: val for k, val in lib.RECIPE.items() if lib.recorded_recipe(first_base).get(k) != val}
+    adopted = {k: val for k, val in lib.recorded_recipe(reported).items() if lib.recorded_recipe(first_base).get(k) != val}
     settings = [describe_change({k: val}) for k, val in adopted.items()]
     kept = tried[tried.setting.isin(settings)]
     today = tried[tried["started from"] == "SiLU, shortcuts"]
@@ -1463,17 +1463,18 @@ def kept_text(v: dict, tried) -> str:
             LEVER_WORDS.get((k, x), describe_change({k: x})) for k, x in levers.items()) + "."] if levers else [])])
 
 
-def recipe_table():
-    """The recipe of the reported runs, one setting a row, in words."""
+def recipe_table(reported: dict):
+    """The recipe of the reported runs (`reported`, one run's record), one setting a row, in words."""
     import pandas as pd
-    muon = lib.RECIPE["optimizer"] == "Muon"
+    recipe = lib.recorded_recipe(reported)
+    muon = recipe["optimizer"] == "Muon"
     names = dict(RECIPE_WORDS, **({"peak_lr": "peak learning rate (one-cycle) of the weights SGD-Nesterov moves",
                                    "weight_decay": "weight decay (1x1 conv weights)",
                                    "muon_lr": "Muon's peak learning rate (3x3 conv weights)"} if muon else {}))
     value = lambda k, x: "the widths of the network chapter" if k == "widths" and x is None else \
         lib.ACTIVATION_NAMES.get(x, x) if k == "activation" else "yes" if x is True else "no" if x is False else \
-        "Muon for the 3x3 conv weights, SGD-Nesterov for the rest" if (k, x) == ("optimizer", "Muon") else x
-    return pd.DataFrame([{"setting": names.get(k, k), "value": str(value(k, x))} for k, x in lib.RECIPE.items()
+        recipe_parts(recipe)["optimizer"] if k == "optimizer" else x
+    return pd.DataFrame([{"setting": names.get(k, k), "value": str(value(k, x))} for k, x in recipe.items()
                          if k not in ("bn_ghost", "bn_frozen", "muon_lr") or (x and (k != "muon_lr" or muon))]
                         ).set_index("setting")
 

@@ -236,3 +236,14 @@ def test_the_ceiling_says_what_landed_against_20_epochs_and_the_reference_point(
     assert result["text"].startswith("At 60 epochs the recipe reaches BN 85.50 %, GN 82.00 %, LN 79.50 % (1 of 3 at or "
                                      "above their reference point), -0.50 to +2.50 points against 20 epochs.")
     assert result["table"].loc["GroupNorm", "60 epochs"] == 82.0
+
+
+def test_the_recipe_table_reads_the_reported_runs_record_not_the_code():
+    record = lambda **changes: dict(norm="bn", seed=0, recipe=dict(lib.RECIPE, **changes))
+    muon = report.recipe_table(record(optimizer="Muon", dirac=True, weight_decay=1e-3))["value"]
+    assert muon["optimizer"].startswith("Muon (peak LR") and muon["weight decay (1x1 conv weights)"] == "0.001"
+    assert muon["Muon's peak learning rate (3x3 conv weights)"] == str(lib.RECIPE["muon_lr"])
+    sgd = report.recipe_table(record(optimizer="SGD-Nesterov", dirac=False))["value"]
+    assert sgd["optimizer"] == f"SGD with Nesterov momentum {lib.RECIPE['momentum']:g}"
+    assert sgd["identity (Dirac) initialisation"] == "no" and "weight decay (conv weights)" in sgd
+    assert not any("Muon" in name for name in sgd.index)
