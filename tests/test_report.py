@@ -228,14 +228,22 @@ def test_the_ceiling_says_what_landed_against_20_epochs_and_the_reference_point(
                                             device="cpu"))
     (tmp_path / "runs" / "ceiling" / "bn-60_epochs-s0.json").write_text(run("bn", 85.5))
     text = report.ceiling(main)["text"]
-    assert text.startswith("At 60 epochs BN reaches 85.50 % (+2.50 points against 20 epochs; reference point 85 %); "
+    assert text.startswith("At 60 epochs BN reaches 85.50\u00a0% (+2.50 points against 20 epochs; reference point 85\u00a0%); "
                            "GN and LN: no run of that length.")
     for norm, acc in (("gn", 82.0), ("ln", 79.5)):
         (tmp_path / "runs" / "ceiling" / f"{norm}-60_epochs-s0.json").write_text(run(norm, acc))
     result = report.ceiling(main)
-    assert result["text"].startswith("At 60 epochs the recipe reaches BN 85.50 %, GN 82.00 %, LN 79.50 % (1 of 3 at or "
-                                     "above their reference point), -0.50 to +2.50 points against 20 epochs.")
+    assert result["text"].startswith("At 60 epochs the recipe reaches BN 85.50\u00a0%, GN 82.00\u00a0%, LN 79.50\u00a0% (BN at or "
+                                     "above its reference point; GN and LN 1.00 and 2.50 points below theirs), -0.50 "
+                                     "to +2.50 points against 20 epochs. BN's lead over GN and LN is +3.50 and +6.00 "
+                                     "points at 60 epochs, against +2.00 and +3.00 at 20 epochs (seed 0).")
     assert result["table"].loc["GroupNorm", "60 epochs"] == 82.0
+    # Judged against the noise of two single runs: 2·√2·0.5 = 1.41 points.
+    (tmp_path / "runs" / "ceiling" / "gn-60_epochs-s0.json").write_text(run("gn", 84.5))
+    assert report.ceiling(main, sigma=0.5)["lead"].endswith(
+        "(±1.41 points, from the reported runs' seeds), BN ends ahead of LN and level with GN.")
+    (tmp_path / "runs" / "ceiling" / "gn-60_epochs-s0.json").write_text(run("gn", 87.0))
+    assert report.ceiling(main, sigma=0.5)["lead"].endswith("BN ends ahead of LN and behind GN.")
 
 
 def test_the_recipe_table_reads_the_reported_runs_record_not_the_code():
@@ -247,3 +255,14 @@ def test_the_recipe_table_reads_the_reported_runs_record_not_the_code():
     assert sgd["optimizer"] == f"SGD with Nesterov momentum {lib.RECIPE['momentum']:g}"
     assert sgd["identity (Dirac) initialisation"] == "no" and "weight decay (conv weights)" in sgd
     assert not any("Muon" in name for name in sgd.index)
+
+
+def test_the_bench_source_names_the_optimizer_its_timed_runs_took():
+    pipeline = dict(device="CPU: X", threads=2, clock_ghz=2.5, torch="2", batch_size=128, images_timed=256,
+                    lib_setting="bf16, channels_last")
+    bench = lambda **changes: dict(pipelines=[pipeline], recipe=dict(lib.RECIPE, **changes))
+    reported = dict(recipe=dict(lib.RECIPE, optimizer="Muon", dirac=True))
+    muon = report.bench_source(bench(optimizer="Muon", dirac=True), reported)
+    assert "lib.py's runs in the reported recipe (optimizer: Muon (peak LR" in muon and "runs in bf16" in muon
+    sgd = report.bench_source(bench(optimizer="SGD-Nesterov", dirac=True), reported)
+    assert "(optimizer: SGD with Nesterov momentum" in sgd and "SGD-Nesterov for every weight" in sgd
