@@ -1888,6 +1888,9 @@ def short_name(norm: str) -> str:
     return lib.NORM_NAMES[norm].split(" ")[0]
 
 
+SPEED_TIE = 0.05     # two timings closer than this (relative) are not ranked: each is the faster of two
+
+
 def recommendations(rows: list[dict], batch: dict, groups: dict, rob: dict, speed: list[dict]) -> list[dict]:
     """"Which should I use?": one dict per question, with `topic`, a one-line `short` answer for the landing
     page, the fuller `text` and the `link` to its evidence, (page, label or None); every sentence is chosen from the numbers: the
@@ -1952,12 +1955,15 @@ def recommendations(rows: list[dict], batch: dict, groups: dict, rob: dict, spee
 
     fast = {p["norm"]: p["lib_images_per_s"] for p in speed}
     slow, top = min(fast, key=fast.get), max(fast, key=fast.get)
+    slowest = and_join(short_name(n) for n in lib.NORMS if fast[n] <= fast[slow] * (1 + SPEED_TIE))
+    tied = " and " in slowest
     text = ("All three have the same parameters (one γ and β per channel). Training speed at batch 128 "
             f"({speed[0]['device']}, {speed[0]['lib_setting'].split(',')[0]}): "
             + ", ".join(f"{short_name(n)} {fast[n]:,.0f}" for n in lib.NORMS) + f" images per second; "
-            f"{short_name(slow)} is the slowest there, a matter of PyTorch's CPU kernels rather than of the "
-            "arithmetic, which is about the same for the three.")
-    short = (f"**Cost**: the same parameters; on this CPU {short_name(slow)} takes about "
+            f"{slowest} {'are' if tied else 'is'} the slowest there"
+            + (f" (within {100 * SPEED_TIE:.0f} % of each other)" if tied else "")
+            + ", a matter of PyTorch's CPU kernels rather than of the arithmetic, which is about the same for the three.")
+    short = (f"**Cost**: the same parameters; on this CPU {slowest} take{'' if tied else 's'} about "
              f"{100 * (fast[top] / fast[slow] - 1):.0f} % longer per training image than {short_name(top)}.")
     out.append(dict(topic="Cost", short=short, text=text, link=("performance", None)))
     return out

@@ -110,6 +110,11 @@ def test_the_recommendations_follow_the_numbers():
     assert rec["Shifted inputs, one image at a time"]["short"].startswith("**GroupNorm or LayerNorm**")
     assert rec["How many groups"]["short"] == "**GroupNorm** with 4 or 8 groups (all within noise); not one channel per group."
     assert "on this CPU GroupNorm takes about 47 % longer per training image than LayerNorm." in rec["Cost"]["short"]
+    speed[0]["lib_images_per_s"] = 1950.0      # within 5 % of GN: both are the slowest
+    cost = {r["topic"]: r for r in report.recommendations(rows, batch, groups, rob, speed)}["Cost"]
+    assert "on this CPU BatchNorm and GroupNorm take about 47 % longer per training image than LayerNorm." in cost["short"]
+    assert "BatchNorm and GroupNorm are the slowest there (within 5 % of each other)" in cost["text"]
+    speed[0]["lib_images_per_s"] = 2400.0
     rob["bn"]["corrupted"] = 75.0
     rows[0]["test_mean"] = 80.0
     rec = {r["topic"]: r for r in report.recommendations(rows, batch, groups, rob, speed)}
