@@ -1537,6 +1537,10 @@ def lever_stages(v: dict, reported: dict) -> dict:
             f"lever{without}. A lever passes the screen when its gain reaches {screen_bar:.2f} points for at "
             "least one norm (one standard deviation of the difference of two single runs: a lenient bar, so that a real "
             f"gain is rarely lost); it is then measured at seeds 0–2 and judged by its mean against ±{v['threshold']:.2f}/√3. ")
+    bracket = [l for l in deltas if l.startswith("muon lr") and l not in LEVERS]
+    if bracket:
+        text += ("Muon's peak learning rate is also tried on both sides of the screened 0.05: "
+                 + and_join(f"*{l}*" for l in bracket) + ", each against the same runs without Muon as the other rows. ")
     if adopt is None:
         text += ("The recipe of the reported runs is the one without these levers: no combination of them is shown "
                  "below at three seeds with a gain beyond noise for two norms.")

@@ -155,11 +155,13 @@ def test_the_lever_table_screens_confirms_and_decides_from_the_runs():
     assert table.loc["muon lr 0.05", "verdict"] == "passes the screen (BN)"
     assert table.loc["alternating flip", "verdict"] == "screened for BN"
     assert stages["adopt"] is None and "The recipe of the reported runs is the one without these levers" in stages["text"]
+    assert "both sides" not in stages["text"]
     v["runs"] += [lever_run("bn", "muon lr 0.05", 1, 0.7, "levers-confirm"), lever_run("bn", "muon lr 0.1", 0, 0.3, "levers-confirm")]
     table = report.lever_stages(v, REPORTED)["table"]
     assert table.loc["muon lr 0.05", "verdict"] == "passed the screen; seeds measured: BN 2, GN 1, LN 1 of 3"
     assert table.loc["muon lr 0.05", "BN"] == "+0.80 (+0.70\u00a0to\u00a0+0.90)"
     assert table.loc["muon lr 0.1", "verdict"] == "seeds measured: BN 1, GN 0, LN 0 of 3"
+    assert "tried on both sides of the screened 0.05: *muon lr 0.1*, each against" in report.lever_stages(v, REPORTED)["text"]
     combined = experiments.COMBINED
     for seed, gains in enumerate([(1.2, 1.0, -0.2), (1.0, 1.4, 0.1), (1.1, 0.9, -0.1)]):
         v["runs"] += [lever_run(n, combined, seed, d, "levers-confirm") for n, d in zip(lib.NORMS, gains)]
