@@ -1966,7 +1966,8 @@ def recommendations(rows: list[dict], batch: dict, groups: dict, rob: dict, spee
             + ", ".join(f"{short_name(n)} {fast[n]:,.0f}" for n in lib.NORMS) + f" images per second; "
             f"{slowest} {'are' if tied else 'is'} the slowest there"
             + (f" (within {100 * SPEED_TIE:.0f} % of each other)" if tied else "")
-            + ", a matter of PyTorch's CPU kernels rather than of the arithmetic, which is about the same for the three.")
+            + "; the arithmetic is about the same for the three, so the difference is one of implementation (kernels, "
+            "memory layout, the optimizer's step).")
     short = (f"**Cost**: the same parameters; on this CPU {slowest} take{'' if tied else 's'} about "
              f"{100 * (fast[top] / fast[slow] - 1):.0f} % longer per training image than {short_name(top)}.")
     out.append(dict(topic="Cost", short=short, text=text, link=("performance", None)))
