@@ -1539,7 +1539,8 @@ def lever_stages(v: dict, reported: dict) -> dict:
             f"gain is rarely lost); it is then measured at seeds 0–2 and judged by its mean against ±{v['threshold']:.2f}/√3. ")
     bracket = [l for l in deltas if l.startswith("muon lr") and l not in LEVERS]
     if bracket:
-        text += ("Muon's peak learning rate is also tried on both sides of the screened 0.05: "
+        screened = next(l for l in LEVERS if l.startswith("muon lr")).removeprefix("muon lr ")
+        text += (f"Muon's peak learning rate is also tried on both sides of the screened {screened}: "
                  + and_join(f"*{l}*" for l in bracket) + ", each against the same runs without Muon as the other rows. ")
     if adopt is None:
         text += ("The recipe of the reported runs is the one without these levers: no combination of them is shown "

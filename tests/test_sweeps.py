@@ -84,6 +84,9 @@ def test_why_bn_leads_is_decided_by_the_measurements(ghost_acc, supports, words)
     level_fit = report.why_bn_leads(fit(bn_loss=0.514), runs)              # GN within 0.001: noise (bar 0.0046)
     assert not level_fit["fits_better"] and level_fit["supports"] in ("noise", "neither")
     assert "Verdict" in report.why_text(why) and report.why_takeaway(why)
+    assert "longer training" not in report.why_text(why)
+    assert "\n\nWith longer training ({ref}`the ceiling <ceiling>`, one run per norm), BN's lead X.\n\n**Verdict" \
+        in report.why_text(why, "BN's lead X.")
 
 
 def test_the_group_summary_keeps_every_count_within_noise_of_the_best():
