@@ -1542,6 +1542,7 @@ def lever_stages(v: dict, reported: dict) -> dict:
         screened = next(l for l in LEVERS if l.startswith("muon lr")).removeprefix("muon lr ")
         text += (f"Muon's peak learning rate is also tried on both sides of the screened {screened}: "
                  + and_join(f"*{l}*" for l in bracket) + ", each against the same runs without Muon as the other rows. ")
+        text += bracket_verdict(deltas, f"muon lr {screened}", bracket, v["threshold"], lib.recorded_recipe(reported).get("muon_lr"))
     if adopt is None:
         text += ("The recipe of the reported runs is the one without these levers: no combination of them is shown "
                  "below at three seeds with a gain beyond noise for two norms.")
@@ -1554,6 +1555,30 @@ def lever_stages(v: dict, reported: dict) -> dict:
         text += ("The combination of the levers that passed does not gain beyond noise for two norms without hurting "
                  "one, so the recipe is unchanged.")
     return dict(table=table, text=text, adopt=adopt)
+
+
+def bracket_verdict(deltas: dict, screened: str, bracket: list[str], threshold: float, reported_lr) -> str:
+    """A sentence on each neighbour of the screened learning rate that is measured at 3 seeds for every norm:
+    its gain over the screened rate per norm (the mean over seeds of the difference of the two runs, which share
+    their baseline), judged against threshold/sqrt(seeds), and the Muon LR of the reported runs; empty while
+    the screened rate or every neighbour lacks seeds."""
+    done = lambda lever: all(len(deltas.get(lever, {}).get(n, {})) >= 3 for n in lib.NORMS)
+    if not done(screened) or not (complete := [l for l in bracket if done(l)]):
+        return ""
+    parts, judged, counts = [], [], set()
+    for lever in complete:
+        over = {}
+        for n in lib.NORMS:
+            seeds = deltas[lever][n].keys() & deltas[screened][n].keys()
+            counts.add(len(seeds))
+            over[n] = statistics.mean(deltas[lever][n][s] - deltas[screened][n][s] for s in seeds), threshold / math.sqrt(len(seeds))
+        parts.append(f"*{lever}* " + ", ".join(f"{SHORT[n]} {d:+.2f}" for n, (d, _) in over.items()))
+        for word, beyond in (("gains", lambda d, bar: d > bar), ("loses", lambda d, bar: d < -bar)):
+            if ns := [SHORT[n] for n, (d, bar) in over.items() if beyond(d, bar)]:
+                judged.append(f"*{lever}* {word} beyond noise for {and_join(ns)}")
+    verdict = "; ".join(judged) if judged else "each is within noise of it for every norm"
+    return (f"Against the screened rate, seed by seed: " + "; ".join(parts) + f" points (mean of {min(counts)} seeds): "
+            f"{verdict}. The reported runs train Muon at {reported_lr}. ")
 
 
 def ceiling(main: dict[str, dict], sigma: float = float("nan")) -> dict:

@@ -177,3 +177,20 @@ def test_the_lever_table_screens_confirms_and_decides_from_the_runs():
            "in the reported runs)" in report.lever_stages(v, REPORTED)["text"]
     v["runs"] = [r if not (r["tuning"] == combined and r["norm"] == "ln") else dict(r, delta=-1.5) for r in v["runs"]]
     assert report.lever_stages(v, REPORTED)["adopt"] is False                  # a loss beyond noise for one norm vetoes it
+
+
+def test_the_muon_lr_bracket_is_judged_against_the_screened_rate_once_its_seeds_are_in():
+    v = dict(sigma=0.5, threshold=2 * 2 ** 0.5 * 0.5)                 # 1.41/sqrt(3) = 0.82 for a mean of 3 seeds
+    v["runs"] = [lever_run(n, "muon lr 0.05", s, 0.5, "levers-confirm") for n in lib.NORMS for s in range(3)]
+    low = {"bn": 0.6, "gn": 1.5, "ln": -0.5}                           # over 0.05: +0.10, +1.00 (gain), -1.00 (loss)
+    v["runs"] += [lever_run(n, "muon lr 0.025", s, low[n], "levers-confirm") for n in lib.NORMS for s in range(2)]
+    assert "Against the screened rate" not in report.lever_stages(v, REPORTED)["text"]       # 2 of 3 seeds: no verdict
+    v["runs"] += [lever_run(n, "muon lr 0.025", 2, low[n], "levers-confirm") for n in lib.NORMS]
+    text = report.lever_stages(v, REPORTED)["text"]
+    assert ("Against the screened rate, seed by seed: *muon lr 0.025* BN +0.10, GN +1.00, LN -1.00 points (mean of 3 seeds): "
+            "*muon lr 0.025* gains beyond noise for GN; *muon lr 0.025* loses beyond noise for LN. "
+            "The reported runs train Muon at 0.05.") in text
+    v["runs"] += [lever_run(n, "muon lr 0.1", s, 0.3, "levers-confirm") for n in lib.NORMS for s in range(3)]
+    v["runs"] = [r for r in v["runs"] if r["tuning"] != "muon lr 0.025"]
+    assert ("*muon lr 0.1* BN -0.20, GN -0.20, LN -0.20 points (mean of 3 seeds): each is within noise of it for every "
+            "norm.") in report.lever_stages(v, REPORTED)["text"]
