@@ -45,9 +45,10 @@ runs:
 	@for n in $(NORMS); do $(MAKE) --no-print-directory run NORM=$$n SEED=0 || exit 1; done
 
 ## Experiments are plans, runs/<folder>/plan.json; experiments.py trains only what a plan's folder lacks.
-## The batch-size and group-count sweeps of the experiments chapter:
+## The batch-size and group-count sweeps of the experiments chapter, in the reported recipe (the earlier
+## recipe's runs/batch-size and runs/group-count are read until these are complete):
 sweeps:
-	$(PY) experiments.py run runs/batch-size runs/group-count --data $(DATA)
+	$(PY) experiments.py run runs/batch-size-muon runs/group-count-muon --data $(DATA)
 
 ## The experiments meant for the CPU (sweeps, lever screen, the ceiling), then those for a CUDA GPU. With RAY=local
 ## (a Ray cluster on this machine) or RAY=<address> (an existing cluster), every run is a Ray task: see the README.

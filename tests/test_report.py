@@ -64,7 +64,7 @@ def test_runs_of_another_precision_are_left_out_of_the_error_bars_and_named(tmp_
 
 def fake_sweep(root, accs: dict[tuple[str, int], float]):
     """Made-up runs of the batch-size sweep plan at seed 0: (norm, batch) -> test accuracy."""
-    folder = root / "runs" / "batch-size"
+    folder = root / report.BATCH_SWEEP
     lib.write_json(dict(title="t", device="cpu", data={"n_train": 1000}, epochs=1, baseline={},
                         variants={f"batch {b}": {"batch_size": b} for b in report.BATCHES},
                         parts=[{"seeds": [0], "runs": [[n, f"batch {b}"] for n in lib.NORMS for b in report.BATCHES]}]),
@@ -119,7 +119,7 @@ def test_findings_refuse_missing_experiments_rather_than_shrink(tmp_path, monkey
         findings_from_disk()
     fake_robustness(tmp_path, norms=("ln",))
     fake_sweep(tmp_path, {})
-    (tmp_path / "runs" / "batch-size" / "bn-batch_128-s0.json").unlink()
+    (tmp_path / report.BATCH_SWEEP / "bn-batch_128-s0.json").unlink()
     with pytest.raises(lib.NormbookError, match="holds no batch size trained for every norm"):
         findings_from_disk()
 
@@ -127,7 +127,7 @@ def test_findings_refuse_missing_experiments_rather_than_shrink(tmp_path, monkey
 def test_findings_with_one_seed_per_norm_say_nothing_of_a_spread(tmp_path, monkeypatch):
     monkeypatch.setattr(lib, "ROOT", tmp_path)
     fake_runs(tmp_path, {"bn": [82.0], "gn": [80.0], "ln": [79.0]})
-    with pytest.raises(lib.NormbookError, match="batch-size/plan.json is missing"):      # no sweep: refused, not skipped
+    with pytest.raises(lib.NormbookError, match=f"{report.BATCH_SWEEP}/plan.json is missing"):      # no sweep: refused, not skipped
         findings_from_disk()
     fake_sweep(tmp_path, {("bn", 128): 60.0, ("gn", 128): 55.0, ("ln", 128): 50.0})
     fake_robustness(tmp_path)

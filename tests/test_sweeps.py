@@ -194,3 +194,15 @@ def test_the_muon_lr_bracket_is_judged_against_the_screened_rate_once_its_seeds_
     v["runs"] = [r for r in v["runs"] if r["tuning"] != "muon lr 0.025"]
     assert ("*muon lr 0.1* BN -0.20, GN -0.20, LN -0.20 points (mean of 3 seeds): each is within noise of it for every "
             "norm.") in report.lever_stages(v, REPORTED)["text"]
+
+
+def test_a_retrained_sweep_replaces_the_earlier_one_only_when_complete(tmp_path, monkeypatch):
+    monkeypatch.setattr(lib, "ROOT", tmp_path)
+    assert report.finished_sweep("runs/new", earlier="runs/old") == "runs/old"            # no plan yet
+    lib.write_json(dict(title="t", device="cpu", data={"n_train": 1000}, epochs=1, baseline={},
+                        variants={"batch 2": {"batch_size": 2}}, parts=[{"seeds": [0, 1], "runs": [["bn", "batch 2"]]}]),
+                   tmp_path / "runs" / "new" / "plan.json")
+    lib.write_json(dict(norm="bn", seed=0, final_test_acc=50.0, precision="bf16"), tmp_path / "runs" / "new" / "bn-batch_2-s0.json")
+    assert report.finished_sweep("runs/new", earlier="runs/old") == "runs/old"            # one of two runs
+    lib.write_json(dict(norm="bn", seed=1, diverged="epoch 1"), tmp_path / "runs" / "new" / "bn-batch_2-s1.json")
+    assert report.finished_sweep("runs/new", earlier="runs/old") == "runs/new"            # a diverged run counts
