@@ -252,6 +252,9 @@ def load_results(folder: str | Path) -> list[dict]:
     baseline run ("recipe") of the same norm and seed (None where that baseline has not run yet)."""
     runs = [dict(lib.read_json(path), variant=name) for path, _, name, _ in planned(folder) if path.exists()]
     runs = [r for r in runs if "diverged" not in r]
+    for t in runs:                     # a run copied from another plan (adopt_runs) takes its name in this one
+        if "tuning" in t:
+            t["tuning"] = t["variant"]
     base = {(t["norm"], t["seed"]): t["final_val_acc"] for t in runs if t.get("tuning") == "recipe"}
     for t in runs:
         if "tuning" in t:
@@ -343,10 +346,12 @@ def confirm_plan(screen: dict, gains: dict[str, dict[str, float]], bar: float) -
 
 def trained_alike(record: dict, plan: dict, norm: str, name: str, seed: int) -> bool:
     """Whether a run record is the run that a plan names: same norm, seed, data split, run settings,
-    precision and full recipe."""
+    precision, full recipe and kind of device (CPU or GPU: their kernels differ)."""
     args, split = settings(plan, name), plan["data"]
     n_train = split.get("n_train") or lib.FULL_TRAIN - split["holdout"]
+    on_cpu = record.get("device", "CPU").startswith("CPU")
     return ("diverged" not in record and (record["norm"], record["seed"]) == (norm, seed)
+            and (plan["device"] == "any" or on_cpu == (plan["device"] == "cpu"))
             and (record["epochs"], record["batch_size"], record["n_train"]) == (args["epochs"], args["batch_size"], n_train)
             and record.get("evaluated_on") == ("validation" if "holdout" in split else None)
             and record["precision"] == plan.get("precision", record["precision"])
@@ -354,13 +359,14 @@ def trained_alike(record: dict, plan: dict, norm: str, name: str, seed: int) -> 
 
 
 def adopt_runs(folder: Path, sources: list[Path]) -> int:
-    """Copy into a plan's folder the runs it lacks that a source folder holds, trained alike; returns how many."""
+    """Copy into a plan's folder the runs it lacks that a source folder holds, trained alike (under any variant
+    name: trained_alike compares every setting); returns how many."""
     plan, copied = load_plan(folder), 0
     for path, norm, name, seed in missing(folder):
         for source in sources:
             for candidate in source.glob(f"{norm}-*-s{seed}.json"):
                 record = lib.read_json(candidate)
-                if trained_alike(record, plan, norm, name, seed) and record.get("tuning") == name:
+                if trained_alike(record, plan, norm, name, seed):
                     shutil.copyfile(candidate, path)           # the record as it was written, byte for byte
                     copied += 1
                     break

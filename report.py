@@ -5,6 +5,7 @@ one style.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import statistics
 import textwrap
@@ -1089,7 +1090,17 @@ def trace_takeaway(traced: dict[str, dict]) -> str:
     return "its norm drifts, and the effective learning rate lr / ‖w‖² is what the schedule really controls"
 
 
-def weight_std(reported: dict, folder: str = "runs/weight-std", noise_from: str = "runs/tune") -> dict:
+def finished_plan(folder: str, earlier: str) -> str:
+    """`folder` once its plan holds every run (diverged ones included), else `earlier`: an experiment retrained
+    in the reported recipe replaces the earlier one only when complete, never by a part of it."""
+    import experiments
+    return folder if (lib.ROOT / folder / "plan.json").exists() and not experiments.missing(folder) else earlier
+
+
+WEIGHT_STD = finished_plan("runs/weight-std-muon", earlier="runs/weight-std")
+
+
+def weight_std(reported: dict, folder: str = WEIGHT_STD, noise_from: str = "runs/tune") -> dict:
     """Section 3: Weight Standardization's paired change per norm on the validation split (table), the
     paragraph that says where its runs are and what cleared the noise, and the takeaway."""
     import experiments
@@ -1374,6 +1385,13 @@ def validation_runs() -> dict:
                 runs=[dict(r, folder=f.name) for f in folders for r in experiments.load_results(f)])
 
 
+def distinct_runs(runs: list[dict]) -> int:
+    """How many trainings the records are: a run copied into another plan (experiments.adopt_runs, byte for
+    byte) is counted once, whatever the plan calls it there."""
+    named = {"folder", "variant", "tuning", "delta"}
+    return len({json.dumps({k: x for k, x in r.items() if k not in named}, sort_keys=True) for r in runs})
+
+
 def tuning_numbers(v: dict) -> dict:
     import experiments
     devices = sorted({r["device"].split(",")[0] for r in v["runs"]})
@@ -1381,7 +1399,7 @@ def tuning_numbers(v: dict) -> dict:
     return dict(muon_lr=f"{v['plans'][experiments.SCREEN]['variants'][experiments.MUON]['muon_lr']:g}",
                 sigma=f"{v['sigma']:.2f}", threshold=f"{v['threshold']:.2f}",
                 threshold_diff=f"{math.sqrt(2) * v['sigma']:.2f}", screen_bar=f"{math.sqrt(2) * v['sigma']:.2f}",
-                source=f"Data: {v['runs'][0]['data']}; {len(v['runs'])} runs in the {len(experiments_held)} experiments "
+                source=f"Data: {v['runs'][0]['data']}; {distinct_runs(v['runs'])} runs in the {len(experiments_held)} experiments "
                        f"on this split, on {' and '.join(devices)}.")
 
 
@@ -1671,19 +1689,12 @@ def plans_table():
 # Batch size, group count, and why BN leads
 # =============================================================================================
 # Two sweep plans (experiments.py) on a reduced budget: the batch-size sweep (batch 2-128 for every norm, a
-# step-count control, BN with ghost batches and with frozen statistics) and the group-count sweep. Each was
-# first trained in an earlier recipe (runs/batch-size/, runs/group-count/) and is retrained in the reported
-# one (the -muon folders); the book reads the retrained sweep once it is complete, never a part of it.
-# Every comparison pairs runs of the same seed; `noise` says what is signal.
+# step-count control, BN with ghost batches and with frozen statistics) and the group-count sweep, each read
+# from its retraining in the reported recipe once complete (finished_plan). Every comparison pairs runs of
+# the same seed; `noise` says what is signal.
 
-def finished_sweep(folder: str, earlier: str) -> str:
-    """`folder` once its plan holds every run (diverged ones included), else `earlier`."""
-    import experiments
-    return folder if (lib.ROOT / folder / "plan.json").exists() and not experiments.missing(folder) else earlier
-
-
-BATCH_SWEEP = finished_sweep("runs/batch-size-muon", earlier="runs/batch-size")
-GROUP_SWEEP = finished_sweep("runs/group-count-muon", earlier="runs/group-count")
+BATCH_SWEEP = finished_plan("runs/batch-size-muon", earlier="runs/batch-size")
+GROUP_SWEEP = finished_plan("runs/group-count-muon", earlier="runs/group-count")
 BATCHES = (2, 4, 8, 16, 32, 64, 128)
 GROUPS = ("1", "2", "4", "C/4", "8", "C/2", "C/1")          # by channels per group, most first
 GHOSTS = (4, 16, 32)

@@ -152,10 +152,14 @@ def test_only_runs_trained_alike_are_copied_into_a_plan(tmp_path):
                   precision="fp32", recipe=args["recipe"], tuning="recipe", final_val_acc=50.0)
     assert experiments.trained_alike(record, plan, "bn", "recipe", 0)
     for change in (dict(seed=1), dict(epochs=2), dict(recipe={**args["recipe"], "peak_lr": 0.2}), dict(diverged="x"),
-                   dict(evaluated_on=None)):
+                   dict(evaluated_on=None), dict(device="NVIDIA H100 80GB HBM3")):
         assert not experiments.trained_alike({**record, **change}, plan, "bn", "recipe", 0), change
     lib.write_json(record, source / "bn-recipe-s0.json")
     lib.write_json({**record, "seed": 1, "recipe": {**args["recipe"], "peak_lr": 0.2}}, source / "bn-recipe-s1.json")
     assert experiments.adopt_runs(target, [source]) == 1
     assert (target / "bn-recipe-s0.json").read_bytes() == (source / "bn-recipe-s0.json").read_bytes()
     assert not (target / "bn-recipe-s1.json").exists()
+    lib.write_json({**record, "seed": 1, "tuning": "all at once"}, source / "bn-all_at_once-s1.json")
+    assert experiments.adopt_runs(target, [source]) == 1                       # the same run under another name
+    assert [(r["tuning"], r["seed"]) for r in experiments.load_results(target) if r["norm"] == "bn" and
+            r["variant"] == "recipe"] == [("recipe", 0), ("recipe", 1)]       # named as this plan names it

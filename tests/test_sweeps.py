@@ -198,11 +198,19 @@ def test_the_muon_lr_bracket_is_judged_against_the_screened_rate_once_its_seeds_
 
 def test_a_retrained_sweep_replaces_the_earlier_one_only_when_complete(tmp_path, monkeypatch):
     monkeypatch.setattr(lib, "ROOT", tmp_path)
-    assert report.finished_sweep("runs/new", earlier="runs/old") == "runs/old"            # no plan yet
+    assert report.finished_plan("runs/new", earlier="runs/old") == "runs/old"            # no plan yet
     lib.write_json(dict(title="t", device="cpu", data={"n_train": 1000}, epochs=1, baseline={},
                         variants={"batch 2": {"batch_size": 2}}, parts=[{"seeds": [0, 1], "runs": [["bn", "batch 2"]]}]),
                    tmp_path / "runs" / "new" / "plan.json")
     lib.write_json(dict(norm="bn", seed=0, final_test_acc=50.0, precision="bf16"), tmp_path / "runs" / "new" / "bn-batch_2-s0.json")
-    assert report.finished_sweep("runs/new", earlier="runs/old") == "runs/old"            # one of two runs
+    assert report.finished_plan("runs/new", earlier="runs/old") == "runs/old"            # one of two runs
     lib.write_json(dict(norm="bn", seed=1, diverged="epoch 1"), tmp_path / "runs" / "new" / "bn-batch_2-s1.json")
-    assert report.finished_sweep("runs/new", earlier="runs/old") == "runs/new"            # a diverged run counts
+    assert report.finished_plan("runs/new", earlier="runs/old") == "runs/new"            # a diverged run counts
+
+
+def test_a_run_copied_into_another_plan_is_counted_once():
+    run = dict(norm="bn", seed=0, final_val_acc=80.0, seconds=600.0, recipe=lib.RECIPE)
+    copies = [dict(run, folder="levers-confirm", tuning="all that passed the screen", variant="all that passed the screen",
+                   delta=0.9), dict(run, folder="weight-std-muon", tuning="recipe", variant="recipe", delta=None)]
+    assert report.distinct_runs(copies) == 1
+    assert report.distinct_runs(copies + [dict(run, seed=1, folder="weight-std-muon")]) == 2
