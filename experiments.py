@@ -344,29 +344,37 @@ def confirm_plan(screen: dict, gains: dict[str, dict[str, float]], bar: float) -
             "parts": [{"seeds": [0, 1, 2], "runs": runs} for runs in parts if runs]}
 
 
-def trained_alike(record: dict, plan: dict, norm: str, name: str, seed: int) -> bool:
-    """Whether a run record is the run that a plan names: same norm, seed, data split, run settings,
-    precision, full recipe and kind of device (CPU or GPU: their kernels differ)."""
+def trained_alike(record: dict, plan: dict, norm: str, name: str, seed: int, device: str) -> bool:
+    """Whether a run record is the run that a plan names, trained on `device` (a device_name): same norm,
+    seed, data split, run settings, precision, full recipe and machine (other kernels round otherwise)."""
     args, split = settings(plan, name), plan["data"]
     n_train = split.get("n_train") or lib.FULL_TRAIN - split["holdout"]
-    on_cpu = record.get("device", "CPU").startswith("CPU")
-    return ("diverged" not in record and (record["norm"], record["seed"]) == (norm, seed)
-            and (plan["device"] == "any" or on_cpu == (plan["device"] == "cpu"))
+    return ("diverged" not in record and (record["norm"], record["seed"]) == (norm, seed) and record.get("device") == device
             and (record["epochs"], record["batch_size"], record["n_train"]) == (args["epochs"], args["batch_size"], n_train)
+            and (norm != "gn" or (record.get("groups") or lib.GN_GROUPS) == (args["groups"] or lib.GN_GROUPS))
+            and (norm != "bn" or not plan.get("bn_batch_stats") or "final_test_acc_batch_stats" in record)
             and record.get("evaluated_on") == ("validation" if "holdout" in split else None)
             and record["precision"] == plan.get("precision", record["precision"])
             and lib.recorded_recipe(record) == args["recipe"])
 
 
+def training_device(plan: dict) -> str:
+    """The device_name that a plan's runs record when trained here (as run_plan picks the device)."""
+    return lib.device_name(torch.device("cuda") if plan["device"] == "cuda" else lib.pick_device())
+
+
 def adopt_runs(folder: Path, sources: list[Path]) -> int:
-    """Copy into a plan's folder the runs it lacks that a source folder holds, trained alike (under any variant
-    name: trained_alike compares every setting); returns how many."""
+    """Copy into a plan's folder the runs it lacks that a source folder holds, trained alike on this machine's
+    device (under any variant name: trained_alike compares every setting); returns how many."""
     plan, copied = load_plan(folder), 0
+    if plan["device"] == "cuda" and not torch.cuda.is_available():
+        return 0
+    device = training_device(plan)
     for path, norm, name, seed in missing(folder):
         for source in sources:
             for candidate in source.glob(f"{norm}-*-s{seed}.json"):
                 record = lib.read_json(candidate)
-                if trained_alike(record, plan, norm, name, seed):
+                if trained_alike(record, plan, norm, name, seed, device):
                     shutil.copyfile(candidate, path)           # the record as it was written, byte for byte
                     copied += 1
                     break
@@ -429,6 +437,8 @@ def run_command(args) -> None:
         folders.append(stage)
     while folders:
         folder = folders.pop(0)
+        if missing(folder) and (copied := adopt_runs(folder, [f for f in plan_dirs() if f != folder])):
+            print(f"{folder.name}: {copied} run{'s' * (copied != 1)} copied in from other plans, trained alike", flush=True)
         if [r for r in missing(folder) if args.seeds is None or r[3] in args.seeds]:
             data = data or lib.load_cifar10(args.data)
             if args.ray:

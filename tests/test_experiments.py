@@ -61,6 +61,21 @@ def test_the_runner_trains_exactly_the_missing_runs_and_never_the_test_set(tiny_
     assert stamp == {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
 
 
+def test_the_runner_copies_a_run_that_another_plan_trained_alike_instead_of_training_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(lib, "ROOT", tmp_path)
+    one_run = [{"seeds": [0], "runs": [["bn", "recipe"]]}]
+    source = write_plan(tmp_path / "runs" / "earlier", parts=one_run)
+    target = write_plan(tmp_path / "runs" / "later", variants={"recipe": {}, "again": {}}, parts=[{"seeds": [0], "runs": [["bn", "again"]]}])
+    args = experiments.settings(experiments.load_plan(target), "again")
+    lib.write_json(dict(norm="bn", seed=0, epochs=1, batch_size=128, n_train=lib.FULL_TRAIN - 50, evaluated_on="validation",
+                        precision="fp32", recipe=args["recipe"], tuning="recipe", final_val_acc=50.0,
+                        device=experiments.training_device(experiments.load_plan(target))), source / "bn-recipe-s0.json")
+    monkeypatch.setattr(lib, "load_cifar10", lambda *a, **kw: pytest.fail("nothing is left to train"))
+    experiments.main(["run", "runs/later"])
+    assert (target / "bn-again-s0.json").read_bytes() == (source / "bn-recipe-s0.json").read_bytes()
+    assert "later: 1 run copied in from other plans, trained alike" in capsys.readouterr().out
+
+
 def test_a_variant_may_run_longer_only_where_its_plan_allows(tiny_data, tmp_path):
     folder = write_plan(tmp_path / "ceiling", data={"n_train": 40}, variants={"25 epochs": {"epochs": 25}},
                         parts=[{"seeds": [0], "runs": [["ln", "25 epochs"]]}])
@@ -148,12 +163,18 @@ def test_only_runs_trained_alike_are_copied_into_a_plan(tmp_path):
     source, target = write_plan(tmp_path / "a"), write_plan(tmp_path / "b")
     plan = experiments.load_plan(target)
     args = experiments.settings(plan, "recipe")
+    HERE = experiments.training_device(plan)                          # this machine's name, as a run records it
     record = dict(norm="bn", seed=0, epochs=1, batch_size=128, n_train=lib.FULL_TRAIN - 50, evaluated_on="validation",
-                  precision="fp32", recipe=args["recipe"], tuning="recipe", final_val_acc=50.0)
-    assert experiments.trained_alike(record, plan, "bn", "recipe", 0)
+                  precision="fp32", recipe=args["recipe"], tuning="recipe", final_val_acc=50.0, device=HERE)
+    assert experiments.trained_alike(record, plan, "bn", "recipe", 0, HERE)
     for change in (dict(seed=1), dict(epochs=2), dict(recipe={**args["recipe"], "peak_lr": 0.2}), dict(diverged="x"),
-                   dict(evaluated_on=None), dict(device="NVIDIA H100 80GB HBM3")):
-        assert not experiments.trained_alike({**record, **change}, plan, "bn", "recipe", 0), change
+                   dict(evaluated_on=None), dict(device="CPU: another, 2 cores")):
+        assert not experiments.trained_alike({**record, **change}, plan, "bn", "recipe", 0, HERE), change
+    gn = dict(record, norm="gn", groups=None, tuning="no smoothing",
+              recipe=experiments.settings(plan, "no smoothing")["recipe"])
+    assert experiments.trained_alike(gn, plan, "gn", "no smoothing", 0, HERE)
+    assert experiments.trained_alike(dict(gn, groups=lib.GN_GROUPS), plan, "gn", "no smoothing", 0, HERE)    # None: the default
+    assert not experiments.trained_alike(dict(gn, groups=1), plan, "gn", "no smoothing", 0, HERE)    # LayerNorm's statistics
     lib.write_json(record, source / "bn-recipe-s0.json")
     lib.write_json({**record, "seed": 1, "recipe": {**args["recipe"], "peak_lr": 0.2}}, source / "bn-recipe-s1.json")
     assert experiments.adopt_runs(target, [source]) == 1
