@@ -291,7 +291,7 @@ def noise_threshold(folder: str | Path = "runs/tune") -> tuple[float, float]:
 # as the screen is complete, so that `make tune` goes on by itself; the decision is computed by
 # report.py from both.
 
-SCREEN, CONFIRM, BASELINES = "levers-screen", "levers-confirm", "weight-std"
+SCREEN, CONFIRM = "levers-screen", "levers-confirm"
 MUON = "muon lr 0.05"
 COMBINED = "all that passed the screen"
 
@@ -330,8 +330,8 @@ def confirm_plan(screen: dict, gains: dict[str, dict[str, float]], bar: float) -
         variants[COMBINED] = combined
     note = (f"Stage 2 of 3, written by experiments.confirm_plan from the screen: the levers whose seed-0 gain reached "
             f"{bar:.2f} points (one standard deviation of a difference of two single runs) for at least one norm: "
-            + (", ".join(passed) if passed else "none") + ". The recipe and seed-0 runs that the screen or "
-            f"runs/{BASELINES} already hold are copied in (trained the same way), not trained again.")
+            + (", ".join(passed) if passed else "none") + ". Runs that other plans already hold, trained the same way on "
+            "the same machine (the recipe's, the screen's seed-0 runs), are copied in, not trained again.")
     # What decides the recipe (the combination, or the one lever that passed) trains first, then each lever
     # that passed on its own, then Muon's LR bracket.
     bracketed = [v for v in variants if v.startswith("muon lr ") and v != MUON]
@@ -344,37 +344,39 @@ def confirm_plan(screen: dict, gains: dict[str, dict[str, float]], bar: float) -
             "parts": [{"seeds": [0, 1, 2], "runs": runs} for runs in parts if runs]}
 
 
-def trained_alike(record: dict, plan: dict, norm: str, name: str, seed: int, device: str) -> bool:
-    """Whether a run record is the run that a plan names, trained on `device` (a device_name): same norm,
-    seed, data split, run settings, precision, full recipe and machine (other kernels round otherwise)."""
+def trained_alike(record: dict, plan: dict, norm: str, name: str, seed: int, here: dict) -> bool:
+    """Whether a run record is the run that a plan names, trained where `here` (trained_here) says: same norm,
+    seed, run settings, group count, full recipe, and the same device, precision, threads, PyTorch and data
+    (other kernels or data give other numbers)."""
     args, split = settings(plan, name), plan["data"]
     n_train = split.get("n_train") or lib.FULL_TRAIN - split["holdout"]
-    return ("diverged" not in record and (record["norm"], record["seed"]) == (norm, seed) and record.get("device") == device
+    return ("diverged" not in record and (record["norm"], record["seed"]) == (norm, seed)
+            and all(record.get(k) == x for k, x in here.items())
             and (record["epochs"], record["batch_size"], record["n_train"]) == (args["epochs"], args["batch_size"], n_train)
             and (norm != "gn" or (record.get("groups") or lib.GN_GROUPS) == (args["groups"] or lib.GN_GROUPS))
             and (norm != "bn" or not plan.get("bn_batch_stats") or "final_test_acc_batch_stats" in record)
             and record.get("evaluated_on") == ("validation" if "holdout" in split else None)
-            and record["precision"] == plan.get("precision", record["precision"])
             and lib.recorded_recipe(record) == args["recipe"])
 
 
-def training_device(plan: dict) -> str:
-    """The device_name that a plan's runs record when trained here (as run_plan picks the device)."""
-    return lib.device_name(torch.device("cuda") if plan["device"] == "cuda" else lib.pick_device())
+def trained_here(plan: dict, data: lib.Cifar10) -> dict:
+    """What a run of the plan trained here by the serial runner records of where it ran: device, precision
+    (resolved), threads, PyTorch version and data."""
+    device = torch.device("cuda") if plan["device"] == "cuda" else lib.pick_device()
+    return dict(device=lib.device_name(device), precision=lib.trains_in(plan.get("precision", "auto"), device),
+                threads=torch.get_num_threads(), torch=torch.__version__, data=plan_data(plan, data).source)
 
 
-def adopt_runs(folder: Path, sources: list[Path]) -> int:
-    """Copy into a plan's folder the runs it lacks that a source folder holds, trained alike on this machine's
-    device (under any variant name: trained_alike compares every setting); returns how many."""
+def adopt_runs(folder: Path, sources: list[Path], data: lib.Cifar10) -> int:
+    """Copy into a plan's folder the runs it lacks that a source folder holds, trained alike here on `data`
+    (under any variant name: trained_alike compares every setting); returns how many."""
     plan, copied = load_plan(folder), 0
-    if plan["device"] == "cuda" and not torch.cuda.is_available():
-        return 0
-    device = training_device(plan)
+    here = trained_here(plan, data)
     for path, norm, name, seed in missing(folder):
         for source in sources:
             for candidate in source.glob(f"{norm}-*-s{seed}.json"):
                 record = lib.read_json(candidate)
-                if trained_alike(record, plan, norm, name, seed, device):
+                if trained_alike(record, plan, norm, name, seed, here):
                     shutil.copyfile(candidate, path)           # the record as it was written, byte for byte
                     copied += 1
                     break
@@ -384,8 +386,8 @@ def adopt_runs(folder: Path, sources: list[Path]) -> int:
 
 
 def write_next_stage() -> Path | None:
-    """Once the screen is complete and the confirmation has no plan yet: write it, copy in the runs that
-    exist already, and return its folder (None otherwise)."""
+    """Once the screen is complete and the confirmation has no plan yet: write it and return its folder (None
+    otherwise); the runner copies in the runs that the screen and the baselines hold already."""
     screen_dir, confirm_dir = lib.ROOT / "runs" / SCREEN, lib.ROOT / "runs" / CONFIRM
     if not (screen_dir / "plan.json").exists() or (confirm_dir / "plan.json").exists() or missing(screen_dir):
         return None
@@ -393,9 +395,7 @@ def write_next_stage() -> Path | None:
     plan = confirm_plan(load_plan(screen_dir), screen_gains(load_results(screen_dir)), math.sqrt(2) * sigma)
     confirm_dir.mkdir(exist_ok=True)
     lib.write_json(plan, confirm_dir / "plan.json")
-    copied = adopt_runs(confirm_dir, [screen_dir, lib.ROOT / "runs" / BASELINES])
-    print(f"{CONFIRM}: plan written from the screen ({len(plan['variants']) - 1} variants); {copied} runs copied in",
-          flush=True)
+    print(f"{CONFIRM}: plan written from the screen ({len(plan['variants']) - 1} variants)", flush=True)
     return confirm_dir
 
 
@@ -437,8 +437,12 @@ def run_command(args) -> None:
         folders.append(stage)
     while folders:
         folder = folders.pop(0)
-        if missing(folder) and (copied := adopt_runs(folder, [f for f in plan_dirs() if f != folder])):
-            print(f"{folder.name}: {copied} run{'s' * (copied != 1)} copied in from other plans, trained alike", flush=True)
+        can_train = load_plan(folder)["device"] != "cuda" or torch.cuda.is_available()
+        if missing(folder) and can_train and not args.ray:         # Ray's workers may be other machines
+            data = data or lib.load_cifar10(args.data)
+            if copied := adopt_runs(folder, [f for f in plan_dirs() if f != folder], data):
+                print(f"{folder.name}: {copied} run{'s' * (copied != 1)} copied in from other plans, trained alike",
+                      flush=True)
         if [r for r in missing(folder) if args.seeds is None or r[3] in args.seeds]:
             data = data or lib.load_cifar10(args.data)
             if args.ray:

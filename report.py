@@ -1414,6 +1414,12 @@ def describe_change(change: dict) -> str:
     return ", ".join(widths(v) if k == "widths" else f"{k} = {v}" for k, v in change.items())
 
 
+def started_from(recipe: dict) -> str:
+    """The recipe a change was made to, in the few settings that the experiments changed along the way."""
+    return ", ".join([lib.ACTIVATION_NAMES[recipe["activation"]], "shortcuts" if recipe["shortcuts"] else "no shortcuts",
+                      "Muon" if recipe["optimizer"] == "Muon" else "SGD"] + (["identity init"] if recipe["dirac"] else []))
+
+
 def tried_table(v: dict, skip=("levers-screen", "levers-confirm")):
     """Every one-setting change (outside the lever stages): its mean gain over its paired baselines, the
     noise bar for that many runs, the verdict, and where it was measured."""
@@ -1425,13 +1431,11 @@ def tried_table(v: dict, skip=("levers-screen", "levers-confirm")):
     for (folder, name), runs in groups.items():
         plan, deltas = v["plans"][folder], [r["delta"] for r in runs if r["delta"] is not None]
         mean, bar = statistics.mean(deltas) if deltas else float("nan"), v["threshold"] / math.sqrt(max(len(deltas), 1))
-        base = plan["baseline"]
         rows.append({"change": name, "mean gain": mean, "± threshold": bar,
                      "verdict": "clear gain" if mean > bar else "clear loss" if mean < -bar else "within noise",
                      "runs": len(deltas),
                      "device": plan["device"].upper().replace("CUDA", "GPU"),
-                     "started from": ", ".join([lib.ACTIVATION_NAMES[base.get("activation", lib.RECIPE["activation"])],
-                                                "shortcuts" if base.get("shortcuts", True) else "no shortcuts"]),
+                     "started from": started_from({**lib.RECIPE, **plan["baseline"]}),
                      "setting": describe_change(plan["variants"][name])})
     return pd.DataFrame(rows).set_index("change")
 
@@ -1471,7 +1475,7 @@ def kept_text(v: dict, tried, reported: dict) -> str:
     adopted = {k: val for k, val in lib.recorded_recipe(reported).items() if lib.recorded_recipe(first_base).get(k) != val}
     settings = [describe_change({k: val}) for k, val in adopted.items()]
     kept = tried[tried.setting.isin(settings)]
-    today = tried[tried["started from"] == "SiLU, shortcuts"]
+    today = tried[tried["started from"] == started_from({**lib.RECIPE, "optimizer": "SGD-Nesterov", "dirac": False})]
     best = today["mean gain"].idxmax()
     others = tried[(tried.verdict == "clear gain") & ~tried.setting.isin(settings)]
     levers = {k: x for k, x in adopted.items() if describe_change({k: x}) not in set(kept.setting) and k != "muon_lr"}
@@ -1583,20 +1587,25 @@ def bracket_verdict(deltas: dict, screened: str, bracket: list[str], threshold: 
     done = lambda lever: all(len(deltas.get(lever, {}).get(n, {})) >= 3 for n in lib.NORMS)
     if not done(screened) or not (complete := [l for l in bracket if done(l)]):
         return ""
-    parts, judged, counts = [], [], set()
+    rate = screened.removeprefix("muon lr ")
+    parts, judged, seeds = [], [], set()
     for lever in complete:
         over = {}
         for n in lib.NORMS:
-            seeds = deltas[lever][n].keys() & deltas[screened][n].keys()
-            counts.add(len(seeds))
-            over[n] = statistics.mean(deltas[lever][n][s] - deltas[screened][n][s] for s in seeds), threshold / math.sqrt(len(seeds))
+            common = deltas[lever][n].keys() & deltas[screened][n].keys()
+            seeds.add(len(common))
+            over[n] = statistics.mean(deltas[lever][n][s] - deltas[screened][n][s] for s in common), threshold / math.sqrt(len(common))
         parts.append(f"*{lever}* " + ", ".join(f"{SHORT[n]} {d:+.2f}" for n, (d, _) in over.items()))
         for word, beyond in (("gains", lambda d, bar: d > bar), ("loses", lambda d, bar: d < -bar)):
             if ns := [SHORT[n] for n, (d, bar) in over.items() if beyond(d, bar)]:
                 judged.append(f"*{lever}* {word} beyond noise for {and_join(ns)}")
-    verdict = "; ".join(judged) if judged else "each is within noise of it for every norm"
-    return (f"Against the screened rate, seed by seed: " + "; ".join(parts) + f" points (mean of {min(counts)} seeds): "
-            f"{verdict}. The reported runs train Muon at {reported_lr}. ")
+    n = min(seeds)
+    verdict = "; ".join(judged) if judged else (
+        f"{'neither' if len(complete) == 2 else 'none' if len(complete) > 2 else 'it does not'} differ"
+        f"{'s' if len(complete) > 1 else ''} from {rate} beyond noise for any norm")
+    return (f"Against the screened {rate}, seed by seed (mean of {n} seeds, points; clear beyond "
+            f"±{threshold / math.sqrt(n):.2f}): " + "; ".join(parts) + f": {verdict}. "
+            f"The reported runs train Muon at {reported_lr}. ")
 
 
 def ceiling(main: dict[str, dict], sigma: float = float("nan")) -> dict:

@@ -30,6 +30,11 @@ def test_every_committed_run_is_one_its_plan_names_so_the_runner_reuses_it():
             assert (run["norm"], run["seed"], run["batch_size"], run["epochs"]) == \
                 (norm, seed, args["batch_size"], args["epochs"]), path.name
             assert lib.recorded_recipe(run) == args["recipe"], path.name
+            plan = experiments.load_plan(folder)
+            assert plan.get("precision", "auto") in ("auto", run["precision"]), path.name
+            if "diverged" not in run:                # data split, groups, every setting (so a copy is a true one)
+                where = {k: run.get(k) for k in ("device", "precision", "threads", "torch", "data")}
+                assert experiments.trained_alike(run, plan, norm, name, seed, where), path.name
 
 
 def write_plan(folder, **changes):
@@ -61,16 +66,18 @@ def test_the_runner_trains_exactly_the_missing_runs_and_never_the_test_set(tiny_
     assert stamp == {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
 
 
-def test_the_runner_copies_a_run_that_another_plan_trained_alike_instead_of_training_it(tmp_path, monkeypatch, capsys):
+def test_the_runner_copies_a_run_that_another_plan_trained_alike_instead_of_training_it(tiny_data, tmp_path, monkeypatch,
+                                                                                        capsys):
     monkeypatch.setattr(lib, "ROOT", tmp_path)
     one_run = [{"seeds": [0], "runs": [["bn", "recipe"]]}]
     source = write_plan(tmp_path / "runs" / "earlier", parts=one_run)
     target = write_plan(tmp_path / "runs" / "later", variants={"recipe": {}, "again": {}}, parts=[{"seeds": [0], "runs": [["bn", "again"]]}])
-    args = experiments.settings(experiments.load_plan(target), "again")
+    plan = experiments.load_plan(target)
     lib.write_json(dict(norm="bn", seed=0, epochs=1, batch_size=128, n_train=lib.FULL_TRAIN - 50, evaluated_on="validation",
-                        precision="fp32", recipe=args["recipe"], tuning="recipe", final_val_acc=50.0,
-                        device=experiments.training_device(experiments.load_plan(target))), source / "bn-recipe-s0.json")
-    monkeypatch.setattr(lib, "load_cifar10", lambda *a, **kw: pytest.fail("nothing is left to train"))
+                        recipe=experiments.settings(plan, "again")["recipe"], tuning="recipe", final_val_acc=50.0,
+                        **experiments.trained_here(plan, tiny_data)), source / "bn-recipe-s0.json")
+    monkeypatch.setattr(lib, "load_cifar10", lambda *a, **kw: tiny_data)
+    monkeypatch.setattr(lib, "train", lambda *a, **kw: pytest.fail("nothing is left to train"))
     experiments.main(["run", "runs/later"])
     assert (target / "bn-again-s0.json").read_bytes() == (source / "bn-recipe-s0.json").read_bytes()
     assert "later: 1 run copied in from other plans, trained alike" in capsys.readouterr().out
@@ -159,17 +166,22 @@ def test_the_confirmation_plan_takes_what_passed_the_screen_brackets_muon_and_co
     assert [p["runs"][-1][1] for p in one["parts"]] == ["muon lr 0.05", "muon lr 0.1"]
 
 
-def test_only_runs_trained_alike_are_copied_into_a_plan(tmp_path):
-    source, target = write_plan(tmp_path / "a"), write_plan(tmp_path / "b")
+def test_only_runs_trained_alike_are_copied_into_a_plan(tiny_data, tmp_path):
+    source, target = write_plan(tmp_path / "a"), write_plan(tmp_path / "b", bn_batch_stats=True)
     plan = experiments.load_plan(target)
     args = experiments.settings(plan, "recipe")
-    HERE = experiments.training_device(plan)                          # this machine's name, as a run records it
+    HERE = experiments.trained_here(plan, tiny_data)                  # device, precision, threads, torch, data
+    assert HERE["data"] == tiny_data.holdout(50).source
     record = dict(norm="bn", seed=0, epochs=1, batch_size=128, n_train=lib.FULL_TRAIN - 50, evaluated_on="validation",
-                  precision="fp32", recipe=args["recipe"], tuning="recipe", final_val_acc=50.0, device=HERE)
+                  recipe=args["recipe"], tuning="recipe", final_val_acc=50.0, final_test_acc_batch_stats=40.0, **HERE)
     assert experiments.trained_alike(record, plan, "bn", "recipe", 0, HERE)
-    for change in (dict(seed=1), dict(epochs=2), dict(recipe={**args["recipe"], "peak_lr": 0.2}), dict(diverged="x"),
-                   dict(evaluated_on=None), dict(device="CPU: another, 2 cores")):
+    for change in (dict(seed=1), dict(epochs=2), dict(batch_size=64), dict(n_train=100), dict(diverged="x"),
+                   dict(recipe={**args["recipe"], "peak_lr": 0.2}), dict(evaluated_on=None),
+                   dict(device="CPU: another, 2 cores"), dict(precision="fp64"), dict(threads=HERE["threads"] + 1),
+                   dict(torch="1.0"), dict(data="the official CIFAR-10 files")):
         assert not experiments.trained_alike({**record, **change}, plan, "bn", "recipe", 0, HERE), change
+    no_batch_stats = {k: x for k, x in record.items() if k != "final_test_acc_batch_stats"}
+    assert not experiments.trained_alike(no_batch_stats, plan, "bn", "recipe", 0, HERE)     # the plan asks for it
     gn = dict(record, norm="gn", groups=None, tuning="no smoothing",
               recipe=experiments.settings(plan, "no smoothing")["recipe"])
     assert experiments.trained_alike(gn, plan, "gn", "no smoothing", 0, HERE)
@@ -177,10 +189,10 @@ def test_only_runs_trained_alike_are_copied_into_a_plan(tmp_path):
     assert not experiments.trained_alike(dict(gn, groups=1), plan, "gn", "no smoothing", 0, HERE)    # LayerNorm's statistics
     lib.write_json(record, source / "bn-recipe-s0.json")
     lib.write_json({**record, "seed": 1, "recipe": {**args["recipe"], "peak_lr": 0.2}}, source / "bn-recipe-s1.json")
-    assert experiments.adopt_runs(target, [source]) == 1
+    assert experiments.adopt_runs(target, [source], tiny_data) == 1
     assert (target / "bn-recipe-s0.json").read_bytes() == (source / "bn-recipe-s0.json").read_bytes()
     assert not (target / "bn-recipe-s1.json").exists()
     lib.write_json({**record, "seed": 1, "tuning": "all at once"}, source / "bn-all_at_once-s1.json")
-    assert experiments.adopt_runs(target, [source]) == 1                       # the same run under another name
+    assert experiments.adopt_runs(target, [source], tiny_data) == 1            # the same run under another name
     assert [(r["tuning"], r["seed"]) for r in experiments.load_results(target) if r["norm"] == "bn" and
             r["variant"] == "recipe"] == [("recipe", 0), ("recipe", 1)]       # named as this plan names it

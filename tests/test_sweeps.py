@@ -187,13 +187,17 @@ def test_the_muon_lr_bracket_is_judged_against_the_screened_rate_once_its_seeds_
     assert "Against the screened rate" not in report.lever_stages(v, REPORTED)["text"]       # 2 of 3 seeds: no verdict
     v["runs"] += [lever_run(n, "muon lr 0.025", 2, low[n], "levers-confirm") for n in lib.NORMS]
     text = report.lever_stages(v, REPORTED)["text"]
-    assert ("Against the screened rate, seed by seed: *muon lr 0.025* BN +0.10, GN +1.00, LN -1.00 points (mean of 3 seeds): "
-            "*muon lr 0.025* gains beyond noise for GN; *muon lr 0.025* loses beyond noise for LN. "
-            "The reported runs train Muon at 0.05.") in text
+    assert ("Against the screened 0.05, seed by seed (mean of 3 seeds, points; clear beyond ±0.82): *muon lr 0.025* "
+            "BN +0.10, GN +1.00, LN -1.00: *muon lr 0.025* gains beyond noise for GN; *muon lr 0.025* loses beyond noise "
+            "for LN. The reported runs train Muon at 0.05.") in text
     v["runs"] += [lever_run(n, "muon lr 0.1", s, 0.3, "levers-confirm") for n in lib.NORMS for s in range(3)]
+    assert ("*muon lr 0.025* BN +0.10, GN +1.00, LN -1.00; *muon lr 0.1* BN -0.20, GN -0.20, LN -0.20: *muon lr 0.025* "
+            "gains") in report.lever_stages(v, REPORTED)["text"]                  # both neighbours, one sentence
     v["runs"] = [r for r in v["runs"] if r["tuning"] != "muon lr 0.025"]
-    assert ("*muon lr 0.1* BN -0.20, GN -0.20, LN -0.20 points (mean of 3 seeds): each is within noise of it for every "
+    assert ("*muon lr 0.1* BN -0.20, GN -0.20, LN -0.20: it does not differ from 0.05 beyond noise for any "
             "norm.") in report.lever_stages(v, REPORTED)["text"]
+    v["runs"] = [r for r in v["runs"] if (r["tuning"], r["seed"]) != ("muon lr 0.05", 2)]
+    assert "Against the screened" not in report.lever_stages(v, REPORTED)["text"]     # 0.05 short of its seeds
 
 
 def test_a_retrained_sweep_replaces_the_earlier_one_only_when_complete(tmp_path, monkeypatch):
