@@ -1598,13 +1598,13 @@ def bracket_verdict(deltas: dict, screened: str, bracket: list[str], threshold: 
         parts.append(f"*{lever}* " + ", ".join(f"{SHORT[n]} {d:+.2f}" for n, (d, _) in over.items()))
         for word, beyond in (("gains", lambda d, bar: d > bar), ("loses", lambda d, bar: d < -bar)):
             if ns := [SHORT[n] for n, (d, bar) in over.items() if beyond(d, bar)]:
-                judged.append(f"*{lever}* {word} beyond noise for {and_join(ns)}")
+                judged.append(f"*{lever}* {word} for {and_join(ns)}")
     n = min(seeds)
-    verdict = "; ".join(judged) if judged else (
-        f"{'neither' if len(complete) == 2 else 'none' if len(complete) > 2 else 'it does not'} differ"
+    verdict = "Beyond noise, " + "; ".join(judged) if judged else (
+        f"{'Neither' if len(complete) == 2 else 'None' if len(complete) > 2 else 'It does not'} differ"
         f"{'s' if len(complete) > 1 else ''} from {rate} beyond noise for any norm")
-    return (f"Against the screened {rate}, seed by seed (mean of {n} seeds, points; clear beyond "
-            f"±{threshold / math.sqrt(n):.2f}): " + "; ".join(parts) + f": {verdict}. "
+    return (f"Seed by seed against the screened {rate} (the mean of {n} differences, in points, clear beyond "
+            f"±{threshold / math.sqrt(n):.2f}): " + "; ".join(parts) + f". {verdict}. "
             f"The reported runs train Muon at {reported_lr}. ")
 
 

@@ -184,20 +184,20 @@ def test_the_muon_lr_bracket_is_judged_against_the_screened_rate_once_its_seeds_
     v["runs"] = [lever_run(n, "muon lr 0.05", s, 0.5, "levers-confirm") for n in lib.NORMS for s in range(3)]
     low = {"bn": 0.6, "gn": 1.5, "ln": -0.5}                           # over 0.05: +0.10, +1.00 (gain), -1.00 (loss)
     v["runs"] += [lever_run(n, "muon lr 0.025", s, low[n], "levers-confirm") for n in lib.NORMS for s in range(2)]
-    assert "Against the screened rate" not in report.lever_stages(v, REPORTED)["text"]       # 2 of 3 seeds: no verdict
+    assert "Seed by seed against" not in report.lever_stages(v, REPORTED)["text"]       # 2 of 3 seeds: no verdict
     v["runs"] += [lever_run(n, "muon lr 0.025", 2, low[n], "levers-confirm") for n in lib.NORMS]
     text = report.lever_stages(v, REPORTED)["text"]
-    assert ("Against the screened 0.05, seed by seed (mean of 3 seeds, points; clear beyond ±0.82): *muon lr 0.025* "
-            "BN +0.10, GN +1.00, LN -1.00: *muon lr 0.025* gains beyond noise for GN; *muon lr 0.025* loses beyond noise "
-            "for LN. The reported runs train Muon at 0.05.") in text
+    assert ("Seed by seed against the screened 0.05 (the mean of 3 differences, in points, clear beyond ±0.82): "
+            "*muon lr 0.025* BN +0.10, GN +1.00, LN -1.00. Beyond noise, *muon lr 0.025* gains for GN; *muon lr 0.025* "
+            "loses for LN. The reported runs train Muon at 0.05.") in text
     v["runs"] += [lever_run(n, "muon lr 0.1", s, 0.3, "levers-confirm") for n in lib.NORMS for s in range(3)]
-    assert ("*muon lr 0.025* BN +0.10, GN +1.00, LN -1.00; *muon lr 0.1* BN -0.20, GN -0.20, LN -0.20: *muon lr 0.025* "
-            "gains") in report.lever_stages(v, REPORTED)["text"]                  # both neighbours, one sentence
+    assert ("*muon lr 0.025* BN +0.10, GN +1.00, LN -1.00; *muon lr 0.1* BN -0.20, GN -0.20, LN -0.20. Beyond noise, "
+            "*muon lr 0.025* gains") in report.lever_stages(v, REPORTED)["text"]      # both neighbours, one sentence
     v["runs"] = [r for r in v["runs"] if r["tuning"] != "muon lr 0.025"]
-    assert ("*muon lr 0.1* BN -0.20, GN -0.20, LN -0.20: it does not differ from 0.05 beyond noise for any "
+    assert ("*muon lr 0.1* BN -0.20, GN -0.20, LN -0.20. It does not differ from 0.05 beyond noise for any "
             "norm.") in report.lever_stages(v, REPORTED)["text"]
     v["runs"] = [r for r in v["runs"] if (r["tuning"], r["seed"]) != ("muon lr 0.05", 2)]
-    assert "Against the screened" not in report.lever_stages(v, REPORTED)["text"]     # 0.05 short of its seeds
+    assert "Seed by seed against" not in report.lever_stages(v, REPORTED)["text"]     # 0.05 short of its seeds
 
 
 def test_a_retrained_sweep_replaces_the_earlier_one_only_when_complete(tmp_path, monkeypatch):
