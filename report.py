@@ -1539,7 +1539,11 @@ def lever_stages(v: dict, reported: dict) -> dict:
         seeds = {n: len(per_norm.get(n, {})) for n in lib.NORMS}
         row["runs"] = sum(seeds.values())
         if min(seeds.values()) >= 3:
-            row["verdict"] = "; ".join(f"{SHORT[n]} {x}" for n, x in verdicts.items())
+            same = {}                                            # "BN and GN gain; LN within noise": short on a phone
+            for n, x in verdicts.items():
+                same.setdefault(x, []).append(SHORT[n])
+            row["verdict"] = "all within noise" if list(same) == ["within noise"] else \
+                "; ".join(f"{and_join(ns)} {x}" for x, ns in same.items())
         elif max(seeds.values()) == 1 and lever in LEVERS:        # the screen: seed 0
             passed = [SHORT[n] for n, x in verdicts.items() if x == "passes the screen"]
             row["verdict"] = (f"screened for {and_join(SHORT[n] for n in lib.NORMS if n in verdicts)}"
@@ -1595,7 +1599,7 @@ def bracket_verdict(deltas: dict, screened: str, bracket: list[str], threshold: 
             common = deltas[lever][n].keys() & deltas[screened][n].keys()
             seeds.add(len(common))
             over[n] = statistics.mean(deltas[lever][n][s] - deltas[screened][n][s] for s in common), threshold / math.sqrt(len(common))
-        parts.append(f"*{lever}* " + ", ".join(f"{SHORT[n]} {d:+.2f}" for n, (d, _) in over.items()))
+        parts.append(f"*{lever}* " + ", ".join(f"{SHORT[n]}\u00a0{d:+.2f}" for n, (d, _) in over.items()))
         for word, beyond in (("gains", lambda d, bar: d > bar), ("loses", lambda d, bar: d < -bar)):
             if ns := [SHORT[n] for n, (d, bar) in over.items() if beyond(d, bar)]:
                 judged.append(f"*{lever}* {word} for {and_join(ns)}")

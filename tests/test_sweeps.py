@@ -170,7 +170,7 @@ def test_the_lever_table_screens_confirms_and_decides_from_the_runs():
         v["runs"] += [lever_run(n, combined, seed, d, "levers-confirm") for n, d in zip(lib.NORMS, gains)]
     stages = report.lever_stages(v, REPORTED)
     assert stages["adopt"] is True and stages["table"].loc[combined, "BN"] == "+1.10 (+1.00\u00a0to\u00a0+1.20)"
-    assert stages["table"].loc[combined, "verdict"] == "BN gain; GN gain; LN within noise"
+    assert stages["table"].loc[combined, "verdict"] == "BN and GN gain; LN within noise"
     assert stages["text"].endswith("hurts none: the reported runs are trained with it.")
     v["runs"] += [lever_run(n, "recipe", 0, None, "levers-confirm") for n in lib.NORMS]
     assert "without the lever (a recipe with SGD-Nesterov for every weight and Kaiming initialisation, the rest as " \
@@ -188,13 +188,15 @@ def test_the_muon_lr_bracket_is_judged_against_the_screened_rate_once_its_seeds_
     v["runs"] += [lever_run(n, "muon lr 0.025", 2, low[n], "levers-confirm") for n in lib.NORMS]
     text = report.lever_stages(v, REPORTED)["text"]
     assert ("Seed by seed against the screened 0.05 (the mean of 3 differences, in points, clear beyond ±0.82): "
-            "*muon lr 0.025* BN +0.10, GN +1.00, LN -1.00. Beyond noise, *muon lr 0.025* gains for GN; *muon lr 0.025* "
+            "*muon lr 0.025* BN\u00a0+0.10, GN\u00a0+1.00, LN\u00a0-1.00. Beyond noise, *muon lr 0.025* gains for GN; *muon lr 0.025* "
             "loses for LN. The reported runs train Muon at 0.05.") in text
     v["runs"] += [lever_run(n, "muon lr 0.1", s, 0.3, "levers-confirm") for n in lib.NORMS for s in range(3)]
-    assert ("*muon lr 0.025* BN +0.10, GN +1.00, LN -1.00; *muon lr 0.1* BN -0.20, GN -0.20, LN -0.20. Beyond noise, "
+    assert ("*muon lr 0.025* BN\u00a0+0.10, GN\u00a0+1.00, LN\u00a0-1.00; *muon lr 0.1* BN\u00a0-0.20, GN\u00a0-0.20, "
+            "LN\u00a0-0.20. Beyond noise, "
             "*muon lr 0.025* gains") in report.lever_stages(v, REPORTED)["text"]      # both neighbours, one sentence
+    assert report.lever_stages(v, REPORTED)["table"].loc["muon lr 0.1", "verdict"] == "all within noise"
     v["runs"] = [r for r in v["runs"] if r["tuning"] != "muon lr 0.025"]
-    assert ("*muon lr 0.1* BN -0.20, GN -0.20, LN -0.20. It does not differ from 0.05 beyond noise for any "
+    assert ("*muon lr 0.1* BN\u00a0-0.20, GN\u00a0-0.20, LN\u00a0-0.20. It does not differ from 0.05 beyond noise for any "
             "norm.") in report.lever_stages(v, REPORTED)["text"]
     v["runs"] = [r for r in v["runs"] if (r["tuning"], r["seed"]) != ("muon lr 0.05", 2)]
     assert "Seed by seed against" not in report.lever_stages(v, REPORTED)["text"]     # 0.05 short of its seeds
