@@ -83,6 +83,30 @@ def test_the_runner_copies_a_run_that_another_plan_trained_alike_instead_of_trai
     assert "later: 1 run copied in from other plans, trained alike" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("how", ["ray", "cuda plan without a GPU"])
+def test_the_runner_copies_nothing_where_the_runs_would_train_elsewhere(tiny_data, tmp_path, monkeypatch, how):
+    import torch
+    if how != "ray" and torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    monkeypatch.setattr(lib, "ROOT", tmp_path)
+    source = write_plan(tmp_path / "runs" / "earlier", parts=[{"seeds": [0], "runs": [["bn", "recipe"]]}])
+    target = write_plan(tmp_path / "runs" / "later", parts=[{"seeds": [0], "runs": [["bn", "recipe"]]}],
+                        **({} if how == "ray" else {"device": "cuda"}))
+    plan = experiments.load_plan(source)                                   # a run this CPU trained
+    lib.write_json(dict(norm="bn", seed=0, epochs=1, batch_size=128, n_train=lib.FULL_TRAIN - 50, evaluated_on="validation",
+                        recipe=experiments.settings(plan, "recipe")["recipe"], tuning="recipe", final_val_acc=50.0,
+                        **experiments.trained_here(plan, tiny_data)), source / "bn-recipe-s0.json")
+    if how == "ray":                                       # alike to a run here; Ray's workers may be other machines
+        assert experiments.adopt_runs(target, [source], tiny_data) == 1
+        (target / "bn-recipe-s0.json").unlink()
+    monkeypatch.setattr(lib, "load_cifar10", lambda *a, **kw: tiny_data)
+    handed_on = []
+    monkeypatch.setattr(experiments, "run_plan_ray", lambda folder, *a, **kw: handed_on.append(folder.name))
+    monkeypatch.setattr(experiments, "run_plan", lambda folder, **kw: handed_on.append(folder.name))
+    experiments.main(["run", "runs/later"] + (["--ray"] if how == "ray" else []))
+    assert handed_on == ["later"] and not (target / "bn-recipe-s0.json").exists()
+
+
 def test_a_variant_may_run_longer_only_where_its_plan_allows(tiny_data, tmp_path):
     folder = write_plan(tmp_path / "ceiling", data={"n_train": 40}, variants={"25 epochs": {"epochs": 25}},
                         parts=[{"seeds": [0], "runs": [["ln", "25 epochs"]]}])
