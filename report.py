@@ -2009,10 +2009,11 @@ def recommendations(rows: list[dict], batch: dict, groups: dict, rob: dict, spee
         plain = lambda k: {"1": "one group", "C/1": "one channel per group"}.get(
             k, f"{k[2:]} channels per group" if k.startswith("C/") else f"{k} groups")
         or_join = lambda items: and_join(items).replace(" and ", " or ")
-        counts = [k for k in groups["near"] if not k.startswith("C/") and k != "1"]
+        counts = sorted((k for k in groups["near"] if not k.startswith("C/")), key=int)
         sizes = [k[2:] for k in groups["near"] if k.startswith("C/") and k != "C/1"]
-        near = ([plain(k) for k in groups["near"] if k in ("1", "C/1")] + ([f"{or_join(counts)} groups"] if counts else [])
-                + ([f"{or_join(sizes)} channels per group"] if sizes else []))
+        near = (([f"{or_join(counts)} group{'s' * (counts != ['1'])}" + (" (one group is LayerNorm)" if "1" in counts else "")]
+                 if counts else []) + ([f"{or_join(sizes)} channels per group"] if sizes else [])
+                + (["one channel per group"] if "C/1" in groups["near"] else []))
         short = f"**GroupNorm** with {', or '.join(near)} (all within noise); not {plain(groups['worst']['groups'])}."
         out.append(dict(topic="How many groups", short=short, text=text, link=("experiments", "number-of-groups")))
 
@@ -2050,9 +2051,11 @@ def data_name(source: str) -> str:
     return "CIFAR-10, an offline JPEG copy" if "offline JPEG copy of CIFAR-10" in source else source
 
 
-def sweep_budget(runs: list[dict], reported: dict) -> str:
+def sweep_budget(sources: dict[str, list[dict]], reported: dict) -> str:
     """The sweeps' budget, recipe (against `reported`, a reported run's record), data, device and precision,
-    from the runs' own records."""
+    from the runs' own records; `sources` maps a sweep's name ("the group-count sweep") to its runs, and each
+    sweep trained in a recipe of its own is named with it."""
+    runs = [x for rs in sources.values() for x in rs]
     r = runs[0]
     points = {}
     for x in runs:
@@ -2062,10 +2065,15 @@ def sweep_budget(runs: list[dict], reported: dict) -> str:
     seeds_text = (f"seed{'s' if len(seeds) > 1 else ''} {and_join(seeds)} at every point" if not fewer else
                   f"seeds {and_join(seeds)} at {sum(len(got) == len(seeds) for got in points.values())} of its "
                   f"{len(points)} points, one seed at the others ({and_join(fewer)})")
-    return (f"**Budget of every point:** {recipe_words(runs, reported)}, on the first {r['n_train']:,} training images "
+    words = {name: recipe_words(rs, reported) for name, rs in sources.items() if rs}
+    muon = next((lib.recorded_recipe(x) for x in runs if lib.recorded_recipe(x)["optimizer"] == "Muon"), None)
+    recipe = (next(iter(words.values())) if len(set(words.values())) == 1 else
+              "; ".join(f"in {name}, {w}" for name, w in words.items()))
+    return (f"**Budget of every point:** the first {r['n_train']:,} training images "
             f"({r['n_train'] // 10:,} per class) for {r['epochs']} epochs, evaluated on all {r['n_test']:,} test images "
-            f"at the final epoch; {seeds_text}, compared seed by seed. "
-            f"**Learning rate:** peak {r['recipe']['peak_lr']:g} × *B* / {r['recipe']['lr_batch']}. **Steps:** "
+            f"at the final epoch; {seeds_text}, compared seed by seed. **Recipe:** {recipe}. "
+            f"**Learning rate:** peak {r['recipe']['peak_lr']:g} × *B* / {r['recipe']['lr_batch']}"
+            + (f" (Muon's: {muon['muon_lr']:g} × *B* / {muon['lr_batch']})" if muon else "") + ". **Steps:** "
             f"{r['epochs'] * math.ceil(r['n_train'] / 128):,} at batch 128, {r['epochs'] * math.ceil(r['n_train'] / 2):,} "
             f"at batch 2. "
             f"Data: {data_name(r['data'])}; {r['device']}, {r['precision']}.")
@@ -2166,7 +2174,8 @@ def claims_text(batch: dict, groups: list[dict], summary: dict, rows: list[dict]
         "**\"As the number of groups increases, GN provides better results.\"** "
         + ("Supported: accuracy rises at every step." if rising else
            f"Only up to a point: from one group to G = {summary['best']['groups']} accuracy goes from "
-           f"{at['1']['mean']:.2f} to {summary['best']['mean']:.2f} % ({ups} of {len(before)} steps up), but with one "
+           f"{at['1']['mean']:.2f} to {summary['best']['mean']:.2f} % ({ups} of {len(before)} steps up; "
+           f"{'all of it within' if '1' in summary['near'] else 'beyond'} the seed noise), but with one "
            f"channel per group (Instance Norm) it falls {-at['C/1']['change_change']:.1f} points below G = 8."),
         f"**\"LN is not suitable for image classifiers.\"** In the reported runs LN reaches {main['ln']['test_mean']:.2f} % "
         f"against BN's {main['bn']['test_mean']:.2f} % and GN's {main['gn']['test_mean']:.2f} % (means over seeds); in the "

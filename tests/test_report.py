@@ -207,6 +207,26 @@ def test_an_experiment_in_another_recipe_names_what_differs_from_the_reported_on
     assert report.evidence_recipes({"the sweep": [reported], "the timings": []}, reported) == ""
 
 
+def test_the_sweeps_budget_names_each_sweeps_recipe_when_they_differ():
+    recipe = lambda **changes: dict(lib.RECIPE, **{"dirac": True, "optimizer": "Muon", **changes})
+    point = lambda variant, seed, **changes: dict(norm="gn", variant=variant, seed=seed, n_train=10_000, n_test=10_000,
+                                                  epochs=10, recipe=recipe(**changes), data="x", device="CPU: y",
+                                                  precision="bf16")
+    reported = dict(norm="bn", seed=0, recipe=recipe())
+    sgd = dict(optimizer="SGD-Nesterov", dirac=False)
+    batch = [point("batch 2", s, **sgd) for s in (0, 1)]
+    groups = [point("groups 1", s) for s in (0, 1)] + [point("groups 2", 0)]
+    text = report.sweep_budget({"the batch-size sweep": batch, "the group-count sweep": groups}, reported)
+    assert text.startswith("**Budget of every point:** the first 10,000 training images (1,000 per class) for 10 epochs")
+    assert "seeds 0 and 1 at 2 of its 3 points, one seed at the others (groups 2)" in text
+    assert ("**Recipe:** in the batch-size sweep, a recipe with SGD-Nesterov for every weight and Kaiming initialisation, "
+            "the rest as in the reported runs; in the group-count sweep, the reported recipe.") in text
+    assert "peak 0.1 × *B* / 128 (Muon's: 0.05 × *B* / 128)." in text and "790 at batch 128, 50,000 at batch 2" in text
+    same = report.sweep_budget({"the batch-size sweep": [point("batch 2", 0)], "the group-count sweep": groups}, reported)
+    assert "**Recipe:** the reported recipe." in same
+    assert "(Muon's" not in report.sweep_budget({"the batch-size sweep": batch}, reported)
+
+
 def test_the_optimizer_is_described_from_the_recipe_a_run_holds():
     sgd = report.recipe_parts(dict(lib.RECIPE, optimizer="SGD-Nesterov", dirac=False, whiten="off"))
     assert sgd["optimizer"].startswith("SGD with Nesterov momentum") and "on the conv weights" in sgd["schedule"]

@@ -99,6 +99,21 @@ def test_the_group_summary_keeps_every_count_within_noise_of_the_best():
     assert next(r for r in rows if r["groups"] == "1")["change_change"] == pytest.approx(-4.8)
 
 
+def test_the_claim_about_more_groups_says_whether_its_rise_is_beyond_the_noise():
+    acc = {"1": 60.0, "2": 63.0, "4": 64.9, "C/4": 65.0, "8": 64.8, "C/2": 64.0, "C/1": 55.0}
+    groups = lambda accs: [run("gn", report.group_variant(g), s, a + (s - 0.5) / 5) for g, a in accs.items() for s in (0, 1)]
+    batch = report.batch_summary(batch_runs({"bn": level(70.0), "gn": level(68.0), "ln": level(67.0)}))
+    rows = [dict(norm=n, test_mean=a) for n, a in (("bn", 82.4), ("gn", 81.0), ("ln", 81.1))]
+
+    def claim(accs):
+        runs = groups(accs)
+        g = report.group_rows(runs)
+        return report.claims_text(batch, g, report.group_summary(g, report.noise(runs)), rows).split("\n")[1]
+    assert ("Only up to a point: from one group to G = C/4 accuracy goes from 60.00 to 65.00 % (3 of 3 steps up; "
+            "beyond the seed noise), but with one channel per group (Instance Norm) it falls 9.8 points below G = 8.") in claim(acc)
+    assert "(3 of 3 steps up; all of it within the seed noise)" in claim(dict(acc, **{"1": 64.8, "2": 64.85}))
+
+
 def test_the_recommendations_follow_the_numbers():
     rows = [dict(norm=n, test_mean=a, seeds=3) for n, a in (("bn", 82.4), ("gn", 81.0), ("ln", 81.1))]
     acc = {"bn": level(70.0), "gn": level(68.0), "ln": level(67.0)}
@@ -112,6 +127,10 @@ def test_the_recommendations_follow_the_numbers():
                                           "and +1.3 points at batch 128; with fewer, **GroupNorm**.")
     assert rec["Shifted inputs, one image at a time"]["short"].startswith("**GroupNorm or LayerNorm**")
     assert rec["How many groups"]["short"] == "**GroupNorm** with 4 or 8 groups (all within noise); not one channel per group."
+    groups["near"] = ["1", "2", "C/4", "8", "4"]
+    assert report.recommendations(rows, batch, groups, rob, speed)[2]["short"] == (
+        "**GroupNorm** with 1, 2, 4 or 8 groups (one group is LayerNorm), or 4 channels per group (all within noise); "
+        "not one channel per group.")
     assert "on this CPU GroupNorm takes about 47 % longer per training image than LayerNorm." in rec["Cost"]["short"]
     speed[0]["lib_images_per_s"] = 1950.0      # within 5 % of GN: both are the slowest
     cost = {r["topic"]: r for r in report.recommendations(rows, batch, groups, rob, speed)}["Cost"]
