@@ -1735,13 +1735,21 @@ def accs(runs: list[dict], norm: str, variant: str) -> dict[int, float]:
     return {r["seed"]: r["final_test_acc"] for r in runs if (r["norm"], r["variant"]) == (norm, variant)}
 
 
+def point_variance(runs: list[dict], norm: str, variant: str) -> float:
+    """The variance of one point's accuracy between its seeds (nan with fewer than two)."""
+    v = list(accs(runs, norm, variant).values())
+    return statistics.variance(v) if len(v) > 1 else float("nan")
+
+
 def noise(runs: list[dict]) -> float:
-    """The seed-to-seed standard deviation of one run, pooled over every point with two or more seeds."""
-    points = {}
-    for r in runs:
-        points.setdefault((r["norm"], r["variant"]), []).append(r["final_test_acc"])
-    variances = [statistics.variance(v) for v in points.values() if len(v) > 1]
-    return math.sqrt(statistics.mean(variances)) if variances else float("nan")
+    """The seed-to-seed standard deviation of one run, typical of the sweep: the median over its points with two
+    or more seeds of their variance, each divided by the median of chi²(df) / df (Wilson–Hilferty), so that the
+    median estimates σ². A median, not a mean, so that one unstable point (Instance Norm's seeds can lie points
+    apart) does not set the bar for every other comparison; `paired` judges that point by its own spread."""
+    points = {(r["norm"], r["variant"]) for r in runs}
+    scaled = [point_variance(runs, *p) / (1 - 2 / (9 * df)) ** 3
+              for p in points if (df := len(accs(runs, *p)) - 1) >= 1]
+    return math.sqrt(statistics.median(scaled)) if scaled else float("nan")
 
 
 def noise_bar(sigma: float, n: int) -> float:
@@ -1761,7 +1769,10 @@ def paired(runs: list[dict], norm: str, variant: str, reference: str, ref_norm: 
     changes = [a[s] - b[s] for s in sorted(a.keys() & b.keys())]
     if not changes:
         return dict(change=float("nan"), lo=float("nan"), hi=float("nan"), n=0, bar=float("nan"), verdict="not run")
-    change, bar = statistics.mean(changes), noise_bar(noise(runs), len(changes))
+    own = [v for v in (point_variance(runs, norm, variant), point_variance(runs, ref_norm or norm, reference))
+           if not math.isnan(v)]                      # a point whose seeds scatter more is judged by its own spread
+    sigma = math.sqrt(max(noise(runs) ** 2, statistics.mean(own) if own else 0.0))
+    change, bar = statistics.mean(changes), noise_bar(sigma, len(changes))
     return dict(change=change, lo=min(changes), hi=max(changes), n=len(changes), bar=bar, verdict=verdict(change, bar))
 
 
@@ -1928,13 +1939,14 @@ def robustness_summary(rob: list[dict]) -> dict[str, dict]:
     return out
 
 
-def group_summary(rows: list[dict], sigma: float) -> dict:
-    """The group counts within noise of the best one, and the best and worst."""
-    done = [r for r in rows if r["n"]]
+def group_summary(runs: list[dict]) -> dict:
+    """The group counts within noise of the best one (paired by seed, as `paired` judges), and the best and worst."""
+    done = [r for r in group_rows(runs) if r["n"]]
     if not done:
         return dict(best=None, near=[], worst=None)
     best = max(done, key=lambda r: r["mean"])
-    near = [r["groups"] for r in done if best["mean"] - r["mean"] <= noise_bar(sigma, min(r["n"], best["n"]))]
+    near = [r["groups"] for r in done if r is best or
+            paired(runs, "gn", group_variant(r["groups"]), group_variant(best["groups"]))["verdict"] != "loss"]
     return dict(best=best, near=near, worst=min(done, key=lambda r: r["mean"]))
 
 
@@ -2099,17 +2111,19 @@ def batch_text(batch: dict, control: dict, rows: list[dict]) -> str:
     main_lead = main["bn"] - max(main["gn"], main["ln"])
     lines = [
         f"From batch 128 down to batch {batch['done'][0]}, accuracy changes by " + ", ".join(
-            f"**{n.upper()} {worst[n]['change_change']:+.2f}**" for n in lib.NORMS) + " points (paired by seed: over the "
-        "seeds both batch sizes have, so a point with one seed can differ from the table's means). "
+            f"**{n.upper()} {worst[n]['change_change']:+.2f}**" for n in lib.NORMS) + " points"
+        + (" (paired by seed: over the seeds both batch sizes have, so a point with one seed can differ from the "
+           "table's means). " if len({r["n"] for r in batch["rows"] if r["n"]}) > 1 else ", paired by seed. ") +
         "Each norm's best batch size: " + ", ".join(f"{n.upper()} {batch['best'][n]['batch']} ({batch['best'][n]['mean']:.2f} %)"
                                                      for n in lib.NORMS) + ".",
         f"BN minus the better of GN and LN: {lead[batch['done'][-1]]['change']:+.2f} points at batch {batch['done'][-1]}, "
         f"{lead[batch['done'][0]]['change']:+.2f} at batch {batch['done'][0]}; "
         + (f"BN is behind beyond the noise at batch {and_join(batch['behind'])}." if batch["behind"] else
            "BN is never behind beyond the noise."),
-        f"Seed noise: one run's accuracy varies by σ = {batch['sigma']:.2f} points between seeds (pooled over the sweep's "
-        f"points); a mean change over {batch['seeds']} paired seed{'s' if batch['seeds'] != 1 else ''} counts when it exceeds "
-        f"±{noise_bar(batch['sigma'], batch['seeds']):.2f}.",
+        f"Seed noise: a run's accuracy typically varies by σ = {batch['sigma']:.2f} points between seeds (the median "
+        f"over the sweep's points, so one unstable point does not set it); a mean change over {batch['seeds']} paired "
+        f"seed{'s' if batch['seeds'] != 1 else ''} counts when it exceeds ±{noise_bar(batch['sigma'], batch['seeds']):.2f}, "
+        "or more where the two points' own seeds scatter more.",
         "**Step-count control.** Batch 128 for twice the epochs (as many steps as batch 64, each image seen twice as often) "
         "changes accuracy from batch 128 by " + ", ".join(f"{n.upper()} {c[n]['vs_128']['change']:+.2f}" for n in lib.NORMS)
         + f" points: the sweep's budget is short for all three. The order of the norms at batch 128 is "
@@ -2121,7 +2135,8 @@ def batch_text(batch: dict, control: dict, rows: list[dict]) -> str:
         + "; " + (f"the sweep agrees that {main_order[0].upper()} leads"
                                    if main_order[0] == control["order_10"][0] else
                                    f"the sweep puts {control['order_10'][0].upper()} first instead")
-        + f", with larger gaps at its shorter budget (BN − better other: {batch['lead'][128]['change']:+.2f} points here, "
+        + f", with {'larger' if abs(batch['lead'][128]['change']) > abs(main_lead) else 'smaller'} gaps "
+        f"(BN − better other: {batch['lead'][128]['change']:+.2f} points here, "
         f"{main_lead:+.2f} in the reported runs). The gaps between norms depend on the budget and the recipe; what the sweep measures "
         "is how each norm's accuracy changes with the batch size.",
     ]
@@ -2135,16 +2150,19 @@ def group_table(rows: list[dict]):
                           "verdict": "—" if r["groups"] == "8" else r["change_verdict"]} for r in rows if r["n"]]).set_index("G")
 
 
-def group_text(rows: list[dict], summary: dict, sigma: float) -> str:
+def group_text(rows: list[dict], summary: dict) -> str:
     best, worst = summary["best"], summary["worst"]
     at = {r["groups"]: r for r in rows}
+    others = [g for g in summary["near"] if g != best["groups"]]
     return "\n".join(f"- {l}" for l in [
         f"Best: G = {GROUP_NAMES.get(best['groups'], best['groups'])}, {best['mean']:.2f} %; worst: "
         f"G = {GROUP_NAMES.get(worst['groups'], worst['groups'])}, {worst['mean']:.2f} %.",
-        "Within the seed noise of the best: G = " + and_join(summary["near"]) + ".",
-        f"The two extremes against G = 8: one group (LayerNorm's statistics) {at['1']['change_change']:+.2f} points, "
-        f"one group per channel (Instance Norm) {at['C/1']['change_change']:+.2f} points "
-        f"(bar ±{noise_bar(sigma, at['1']['change_n']):.2f}).",
+        (f"Within the seed noise of G = {best['groups']}: G = {and_join(others)}." if others else
+         f"Every other count is behind G = {best['groups']} beyond the seed noise."),
+        f"The two extremes against G = 8: one group (LayerNorm's statistics) {at['1']['change_change']:+.2f} points "
+        f"(bar ±{at['1']['change_bar']:.2f}), one group per channel (Instance Norm) {at['C/1']['change_change']:+.2f} "
+        f"points (bar ±{at['C/1']['change_bar']:.2f}" + (f", wider because its own seeds lie {at['C/1']['hi'] - at['C/1']['lo']:.2f} "
+        "points apart" if at["C/1"]["change_bar"] > at["1"]["change_bar"] + 0.01 else "") + ").",
     ])
 
 
@@ -2164,7 +2182,7 @@ def claims_text(batch: dict, groups: list[dict], summary: dict, rows: list[dict]
     ln_lowest = [b for b in done if acc["ln", b] < min(acc["bn", b], acc["gn", b])]
     return "\n".join(f"- {c}" for c in [
         "**BN degrades as the batch shrinks, GN does not** (Wu & He 2018, on ImageNet). "
-        + (f"BN loses the most here too: from batch 128 to batch {small} it changes by {worst['bn']['change_change']:+.2f} "
+        + (f"Here too BN fares worst: from batch 128 to batch {small} it changes by {worst['bn']['change_change']:+.2f} "
            f"points, " if most == "bn" else f"Not here: {most.upper()} loses the most ({worst[most]['change_change']:+.2f} "
            f"points from batch 128 to batch {small}), ")
         + f"GN by {worst['gn']['change_change']:+.2f} and LN by {worst['ln']['change_change']:+.2f}; at batch {small} "
@@ -2173,9 +2191,10 @@ def claims_text(batch: dict, groups: list[dict], summary: dict, rows: list[dict]
            f"BN and {short_name(lead['other'])} are level within the seed noise ({lead['change']:+.2f} points)."),
         "**\"As the number of groups increases, GN provides better results.\"** "
         + ("Supported: accuracy rises at every step." if rising else
-           f"Only up to a point: from one group to G = {summary['best']['groups']} accuracy goes from "
-           f"{at['1']['mean']:.2f} to {summary['best']['mean']:.2f} % ({ups} of {len(before)} steps up; "
-           f"{'all of it within' if '1' in summary['near'] else 'beyond'} the seed noise), but with one "
+           f"{'Not shown' if '1' in summary['near'] else 'Only up to a point'}: from one group to "
+           f"G = {summary['best']['groups']} accuracy goes from {at['1']['mean']:.2f} to {summary['best']['mean']:.2f} % "
+           f"({ups} of {len(before)} steps up; {'all of it within' if '1' in summary['near'] else 'beyond'} the seed "
+           f"noise), and with one "
            f"channel per group (Instance Norm) it falls {-at['C/1']['change_change']:.1f} points below G = 8."),
         f"**\"LN is not suitable for image classifiers.\"** In the reported runs LN reaches {main['ln']['test_mean']:.2f} % "
         f"against BN's {main['bn']['test_mean']:.2f} % and GN's {main['gn']['test_mean']:.2f} % (means over seeds); in the "
@@ -2260,16 +2279,19 @@ def experiments_takeaways(batch: dict, groups: dict) -> str:
     worst = batch["worst"]
     most = min(lib.NORMS, key=lambda n: worst[n]["change_change"])
     first = batch["bn_fine_from"]
+    others = [g for g in groups["near"] if g != groups["best"]["groups"]]
     lines = [
         f"From batch 128 down to batch {worst[most]['batch']}, {short_name(most)} changes the most: " + ", ".join(
             f"{short_name(n)} {worst[n]['change_change']:+.1f}" for n in lib.NORMS) + " points. "
         + ("BatchNorm's statistics come from the batch, and a few images give noisy ones." if most == "bn" else
            "GroupNorm's and LayerNorm's statistics come from each image, yet the smaller steps cost them more here."),
-        (f"BatchNorm stays the best choice down to batch {first}" + (f"; below it, {short_name(batch['lead'][max(batch['behind'])]['other'])} is ahead."
+        (f"BatchNorm is never behind beyond the seed noise down to batch {first}" + (f"; below it, {short_name(batch['lead'][max(batch['behind'])]['other'])} is ahead."
          if batch["behind"] else ".")) if first is not None else "BatchNorm is behind at every batch size measured.",
         "GroupNorm and LayerNorm normalize each image on its own, so a smaller batch changes only their optimization "
         "(more, noisier steps), never their statistics.",
-        f"More groups is not simply better: G = {and_join(groups['near'])} are within noise of each other, and "
+        "More groups is not simply better: " + (f"G = {and_join(others)} {'is' if len(others) == 1 else 'are'} within "
+        f"the seed noise of the best, G = {groups['best']['groups']}" if others else
+        f"G = {groups['best']['groups']} is ahead of every other count beyond the seed noise") + ", and "
         f"G = {GROUP_NAMES.get(groups['worst']['groups'], groups['worst']['groups'])} is the worst.",
     ]
     return ":::{admonition} Key takeaways\n:class: tip\n" + "\n".join(f"- {l}" for l in lines) + "\n:::"
@@ -2335,7 +2357,7 @@ def answer() -> dict:
     batch_runs, group_runs = sweep(BATCH_SWEEP), sweep(GROUP_SWEEP)
     batch = batch_summary(batch_runs)
     why = why_bn_leads(fit_rows(model_records("fit")), batch_runs, diverged(BATCH_SWEEP))
-    groups = group_summary(group_rows(group_runs), noise(group_runs))
+    groups = group_summary(group_runs)
     bench = lib.read_json(lib.ROOT / "bench" / "results.json")
     recs = recommendations(rows, batch, groups, robustness_summary(rob), bench["pipelines"])
     recipes = evidence_recipes({"the batch-size sweep (with its ghost batches)": batch_runs,

@@ -22,15 +22,26 @@ def level(value):            # the same accuracy at every batch size, with a see
     return {b: (value - 0.1, value + 0.1) for b in report.BATCHES}
 
 
-def test_noise_is_pooled_over_points_and_a_change_counts_only_beyond_its_bar():
+def test_noise_is_the_median_point_and_a_change_counts_only_beyond_its_bar():
     runs = [run("bn", "batch 128", 0, 70.0), run("bn", "batch 128", 1, 72.0),
             run("bn", "batch 2", 0, 60.0), run("bn", "batch 2", 1, 62.0), run("gn", "batch 2", 0, 50.0)]
-    assert report.noise(runs) == pytest.approx(math.sqrt(2))             # variance 2 at both repeated points
+    median_of_chi2 = (1 - 2 / 9) ** 3                 # chi²(1)'s median, Wilson–Hilferty: a median variance is σ² x this
+    assert report.noise(runs) == pytest.approx(math.sqrt(2 / median_of_chi2))     # variance 2 at both repeated points
     p = report.paired(runs, "bn", "batch 2", "batch 128")
     assert (p["change"], p["lo"], p["hi"], p["n"]) == (-10.0, -10.0, -10.0, 2)
-    assert p["bar"] == pytest.approx(2 * math.sqrt(2 / 2) * math.sqrt(2)) and p["verdict"] == "loss"
+    assert p["bar"] == pytest.approx(2 * math.sqrt(2 / 2) * report.noise(runs)) and p["verdict"] == "loss"
     assert report.paired(runs, "gn", "batch 2", "batch 128")["verdict"] == "not run"
     assert report.verdict(0.5, 0.6) == "within noise" and report.verdict(0.7, 0.6) == "gain"
+
+
+def test_one_unstable_point_does_not_set_the_bar_of_the_others_and_is_judged_by_its_own_spread():
+    steady = [run("gn", f"groups {g}", s, 65.0 + g / 10 + (s - 0.5) / 5) for g in (1, 2, 4, 8) for s in (0, 1)]
+    unstable = [run("gn", "1 channel per group", 0, 59.0), run("gn", "1 channel per group", 1, 53.0)]
+    sigma = report.noise(steady + unstable)
+    assert sigma == pytest.approx(report.noise(steady)) and sigma < 0.3           # the median ignores the outlier
+    assert report.paired(steady + unstable, "gn", "groups 1", "groups 8")["verdict"] == "loss"        # -0.7 points
+    wide = report.paired(steady + unstable, "gn", "1 channel per group", "groups 8")
+    assert wide["bar"] == pytest.approx(2 * math.sqrt((18 + 0.02) / 2)) and wide["verdict"] == "loss"  # its own variance
 
 
 def test_the_batch_summary_finds_where_bn_falls_behind():
@@ -94,7 +105,7 @@ def test_the_group_summary_keeps_every_count_within_noise_of_the_best():
     runs = [run("gn", report.group_variant(g), s, a + (s - 0.5) / 5) for g, a in accs.items() for s in (0, 1)]
     assert report.group_variant("C/4") == "4 channels per group" and report.group_variant("C/1") == "1 channel per group"
     rows = report.group_rows(runs)
-    g = report.group_summary(rows, report.noise(runs))
+    g = report.group_summary(runs)
     assert g["best"]["groups"] == "C/4" and g["near"] == ["4", "C/4", "8"] and g["worst"]["groups"] == "C/1"
     assert next(r for r in rows if r["groups"] == "1")["change_change"] == pytest.approx(-4.8)
 
@@ -108,10 +119,11 @@ def test_the_claim_about_more_groups_says_whether_its_rise_is_beyond_the_noise()
     def claim(accs):
         runs = groups(accs)
         g = report.group_rows(runs)
-        return report.claims_text(batch, g, report.group_summary(g, report.noise(runs)), rows).split("\n")[1]
+        return report.claims_text(batch, g, report.group_summary(runs), rows).split("\n")[1]
     assert ("Only up to a point: from one group to G = C/4 accuracy goes from 60.00 to 65.00 % (3 of 3 steps up; "
-            "beyond the seed noise), but with one channel per group (Instance Norm) it falls 9.8 points below G = 8.") in claim(acc)
-    assert "(3 of 3 steps up; all of it within the seed noise)" in claim(dict(acc, **{"1": 64.8, "2": 64.85}))
+            "beyond the seed noise), and with one channel per group (Instance Norm) it falls 9.8 points below G = 8.") in claim(acc)
+    assert "Not shown: from one group to G = C/4 accuracy goes from 64.80 to 65.00 % (3 of 3 steps up; all of it within the " \
+           "seed noise)" in claim(dict(acc, **{"1": 64.8, "2": 64.85}))
 
 
 def test_the_recommendations_follow_the_numbers():
