@@ -2144,9 +2144,11 @@ def batch_text(batch: dict, control: dict, rows: list[dict]) -> str:
 
 
 def group_table(rows: list[dict]):
+    """The group sweep as a table narrow enough for a phone: LN and IN as the figure names them."""
     import pandas as pd
-    return pd.DataFrame([{"G": GROUP_NAMES.get(r["groups"], r["groups"]), "mean test acc. (%)": r["mean"],
-                          "lowest seed": r["lo"], "highest seed": r["hi"], "change from G = 8": r["change_change"],
+    label = {"1": "1 (LN)", "C/1": "C/1 (IN)"}
+    return pd.DataFrame([{"G": label.get(r["groups"], r["groups"]), "mean (%)": r["mean"],
+                          "seeds (%)": f"{r['lo']:.2f}–{r['hi']:.2f}", "vs G = 8": r["change_change"],
                           "verdict": "—" if r["groups"] == "8" else r["change_verdict"]} for r in rows if r["n"]]).set_index("G")
 
 
