@@ -2100,6 +2100,20 @@ def batch_table(batch: dict):
                          for b in batch["done"]]).set_index("batch")
 
 
+def steps_text(batch: dict, control: dict) -> str:
+    """The norms whose accuracy rises as the batch shrinks by less than twice the steps give at batch 128:
+    for them the smaller batch's extra steps alone can explain the rise."""
+    rise = {n: batch["worst"][n]["change_change"] for n in lib.NORMS}
+    steps = [n for n in lib.NORMS if 0 < rise[n] < control["per_norm"][n]["vs_128"]["change"]]
+    if not steps:
+        return ""
+    many = len(steps) > 1
+    return (f" {and_join(n.upper() for n in steps)}, which {'have' if many else 'has'} no batch statistics, gain"
+            f"{'' if many else 's'} {and_join(f'{rise[n]:+.2f}' for n in steps)} points from batch 128 to batch "
+            f"{batch['done'][0]}: less than twice the epochs give {'them' if many else 'it'} at batch 128, so the gain is "
+            "one of optimization (the small batch's many more steps, on a budget short for every norm).")
+
+
 def batch_text(batch: dict, control: dict, rows: list[dict]) -> str:
     """The batch sweep's findings as bullets (rows: the reported runs' summary rows, for their order)."""
     worst, lead = batch["worst"], batch["lead"]
@@ -2128,7 +2142,8 @@ def batch_text(batch: dict, control: dict, rows: list[dict]) -> str:
         "changes accuracy from batch 128 by " + ", ".join(f"{n.upper()} {c[n]['vs_128']['change']:+.2f}" for n in lib.NORMS)
         + f" points: the sweep's budget is short for all three. The order of the norms at batch 128 is "
         f"{order(control['order_10'])} with the sweep's budget and {order(control['order_20'])} with twice the steps"
-        + (": the budget does not decide it." if same else ": the budget changes it, so read the order with care."),
+        + (": the budget does not decide it." if same else ": the budget changes it, so read the order with care.")
+        + steps_text(batch, control),
         f"**Against the reported runs.** At batch 128 the reported runs (20 epochs, all 50,000 images) rank "
         f"{order(main_order)}" + (" (the last two level within twice the seed spread, so their order is no finding)"
                                   if level(*[r for r in rows if r["norm"] in main_order[1:]], seed_spread(rows)) else "")

@@ -58,6 +58,20 @@ def test_the_batch_summary_finds_where_bn_falls_behind():
     assert 64 not in report.batch_summary(batch_runs(acc))["done"]         # a batch size not run by every norm
 
 
+def test_a_rise_at_small_batches_smaller_than_twice_the_epochs_give_is_called_optimization():
+    acc = {"bn": level(70.0), "gn": level(68.0), "ln": level(67.0)}
+    acc["gn"][2], acc["ln"][2] = (68.9, 69.1), (66.9, 67.1)                # GN +1 at batch 2, LN level
+    runs = batch_runs(acc) + [run(n, "batch 128 for 20 epochs", s, a + 3) for n, a in (("bn", 70.0), ("gn", 68.0),
+                                                                                      ("ln", 67.0)) for s in (0, 1)]
+    batch, control = report.batch_summary(runs), report.step_control(runs)
+    assert report.steps_text(batch, control) == (
+        " GN, which has no batch statistics, gains +1.00 points from batch 128 to batch 2: less than twice the epochs "
+        "give it at batch 128, so the gain is one of optimization (the small batch's many more steps, on a budget "
+        "short for every norm).")
+    acc["gn"][2] = (71.9, 72.1)                                               # +4: more than the longer schedule gives
+    assert report.steps_text(report.batch_summary(batch_runs(acc) + runs[-6:]), control) == ""
+
+
 def test_the_step_control_and_the_ghost_rows_pair_by_seed():
     runs = batch_runs({"bn": level(70.0), "gn": level(68.0), "ln": level(67.0)})
     runs += [run(n, "batch 128 for 20 epochs", s, a + 2 + s) for n, a in (("bn", 70.0), ("gn", 68.0), ("ln", 71.0)) for s in (0, 1)]
