@@ -2101,8 +2101,8 @@ def batch_table(batch: dict):
 
 
 def steps_text(batch: dict, control: dict) -> str:
-    """The norms whose accuracy rises as the batch shrinks by less than twice the steps give at batch 128:
-    for them the smaller batch's extra steps alone can explain the rise."""
+    """The norms without batch statistics whose accuracy rises as the batch shrinks, by less than twice the epochs
+    give them at batch 128: their rise is called one of optimization."""
     rise = {n: batch["worst"][n]["change_change"] for n in lib.NORMS}
     steps = [n for n in lib.NORMS if 0 < rise[n] < control["per_norm"][n]["vs_128"]["change"]]
     if not steps:
