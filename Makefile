@@ -46,9 +46,11 @@ runs:
 
 ## Experiments are plans, runs/<folder>/plan.json; experiments.py trains only what a plan's folder lacks.
 ## The batch-size and group-count sweeps of the experiments chapter, in the reported recipe (the earlier
-## recipe's runs/batch-size and runs/group-count are read until these are complete):
+## recipe's runs/batch-size and runs/group-count are read until these are complete), and the control for
+## Muon's learning-rate rule at small batches. A plan this machine cannot train (one pinned to bf16 on a CPU
+## without it) is named and skipped, and the others go on.
 sweeps:
-	$(PY) experiments.py run runs/batch-size-muon runs/group-count-muon --data $(DATA)
+	$(PY) experiments.py run runs/batch-size-muon runs/group-count-muon runs/muon-lr-rule --data $(DATA)
 
 ## The experiments meant for the CPU (sweeps, lever screen, the ceiling), then those for a CUDA GPU. With RAY=local
 ## (a Ray cluster on this machine) or RAY=<address> (an existing cluster), every run is a Ray task: see the README.

@@ -435,10 +435,16 @@ def run_command(args) -> None:
     staged = args.what == "device" and "cpu" in args.targets      # the lever stages go on by themselves
     if staged and (stage := write_next_stage()):
         folders.append(stage)
+    left_for_others = []                     # plans this machine cannot train as planned: said, and the rest go on
     while folders:
         folder = folders.pop(0)
-        can_train = load_plan(folder)["device"] != "cuda" or torch.cuda.is_available()
-        if missing(folder) and can_train and not args.ray:         # Ray's workers may be other machines
+        if missing(folder) and not args.ray:                     # Ray's workers may be other machines
+            try:
+                check_machine(folder, load_plan(folder))
+            except lib.NormbookError as e:
+                print(f"experiments.py: {e}", file=sys.stderr, flush=True)
+                left_for_others.append(folder.name)
+                continue
             data = data or lib.load_cifar10(args.data)
             if copied := adopt_runs(folder, [f for f in plan_dirs() if f != folder], data):
                 print(f"{folder.name}: {copied} run{'s' * (copied != 1)} copied in from other plans, trained alike",
@@ -453,6 +459,8 @@ def run_command(args) -> None:
                          seeds=args.seeds)
         if staged and (stage := write_next_stage()):
             folders.append(stage)
+    if left_for_others and args.what == "run":              # asked for by name: the exit status says so
+        raise lib.NormbookError(f"not trained here: {', '.join(left_for_others)}")
 
 
 if __name__ == "__main__":

@@ -1703,11 +1703,13 @@ def plans_table():
 # =============================================================================================
 # Two sweep plans (experiments.py) on a reduced budget: the batch-size sweep (batch 2-128 for every norm, a
 # step-count control, BN with ghost batches and with frozen statistics) and the group-count sweep, each read
-# from its retraining in the reported recipe once complete (finished_plan). Every comparison pairs runs of
-# the same seed; `noise` says what is signal.
+# from its retraining in the reported recipe once complete (finished_plan); and a control for Muon's
+# learning-rate rule at batch 8. Every comparison pairs runs of the same seed; `noise` says what is signal.
 
 BATCH_SWEEP = finished_plan("runs/batch-size-muon", earlier="runs/batch-size")
 GROUP_SWEEP = finished_plan("runs/group-count-muon", earlier="runs/group-count")
+LR_RULE = "runs/muon-lr-rule"                # Muon's LR at batch 8: scaled linearly with the batch, or by its root
+ROOT_RULE = "batch 8, Muon LR by square root"
 BATCHES = (2, 4, 8, 16, 32, 64, 128)
 GROUPS = ("1", "2", "4", "C/4", "8", "C/2", "C/1")          # by channels per group, most first
 GHOSTS = (4, 16, 32)
@@ -2156,6 +2158,66 @@ def batch_text(batch: dict, control: dict, rows: list[dict]) -> str:
         "is how each norm's accuracy changes with the batch size.",
     ]
     return "\n".join(f"- {l}" for l in lines)
+
+
+def lr_rule(runs: list[dict]) -> dict:
+    """The control for Muon's learning-rate rule at batch 8, from its own runs (one precision, paired by seed):
+    per norm, batch 8 against batch 128 with Muon's peak scaled linearly with the batch (the sweep's rule) and by
+    its square root, and the root rule against the linear one; and BN against the better of GN and LN under each."""
+    per_norm = {n: dict(linear=paired(runs, n, "batch 8", "batch 128"), root=paired(runs, n, ROOT_RULE, "batch 128"),
+                        gain=paired(runs, n, ROOT_RULE, "batch 8")) for n in lib.NORMS}
+    return dict(per_norm=per_norm, lead={v: bn_lead(runs, v) for v in ("batch 8", ROOT_RULE)}, sigma=noise(runs),
+                seeds=min(p["gain"]["n"] for p in per_norm.values()),
+                record=next(r for r in runs if r["variant"] == "batch 128"))
+
+
+def lr_rule_control() -> dict | None:
+    """The control for Muon's learning-rate rule, once every run of it is done (None before)."""
+    return lr_rule(sweep(LR_RULE)) if finished_plan(LR_RULE, earlier="") == LR_RULE else None
+
+
+def lr_rule_text(rule: dict | None, sweep_runs: list[dict]) -> str:
+    """What the control says about the batch sweep's small-batch losses; nothing unless the sweep trains Muon and
+    the control is complete (rule None)."""
+    if rule is None or lib.recorded_recipe(sweep_runs[0])["optimizer"] != "Muon":
+        return ""
+    p, r = rule["per_norm"], rule["record"]
+    muon = lib.recorded_recipe(r)["muon_lr"]           # Muon's peak at batch 128, where both rules agree
+    gains = [n for n in lib.NORMS if p[n]["gain"]["verdict"] == "gain"]
+    losses = [n for n in lib.NORMS if p[n]["gain"]["verdict"] == "loss"]
+    lead = {v: rule["lead"][v] for v in ("batch 8", ROOT_RULE)}
+    if len(gains) == len(lib.NORMS):
+        meaning = ("the gentler rule recovers accuracy for every norm, so part of what the sweep shows at small "
+                   "batches is the shared learning-rate rule, not the norms; comparisons between norms at one batch "
+                   "size stay fair, since all three follow the same rule")
+    elif not gains:
+        meaning = ("the gentler rule recovers nothing beyond the seed noise" + (
+            f" ({and_join(n.upper() for n in losses)} lose{'s' if len(losses) == 1 else ''} with it)" if losses else "")
+            + ", so the sweep's small-batch losses are not the learning-rate rule's")
+        # the losses then belong to the norms, or to the budget (see the step-count control)
+    else:
+        meaning = (f"the gentler rule recovers accuracy for {and_join(n.upper() for n in gains)} only, so the rule "
+                   "weighs on the norms unequally; read the sweep's small-batch differences between norms with that "
+                   "in mind")
+    same = lead["batch 8"]["verdict"] == lead[ROOT_RULE]["verdict"]
+    return (
+        f"**Muon's learning-rate rule.** Muon's step has a fixed size whatever the gradient's, so scaling its peak "
+        f"linearly with the batch, as the sweep does, may make it too small at small batches. A control trains batch 8 "
+        f"with Muon's peak scaled by √(*B*/128) instead ({muon:g} × √(8/128) = {muon * math.sqrt(8 / 128):.4g} rather "
+        f"than {muon:g} × 8/128 = {muon * 8 / 128:.4g}; the SGD part unchanged), against batch 128 and batch 8 with the linear rule, "
+        f"{rule['seeds']} seeds each, paired by seed (the first {r['n_train']:,} training images, {r['epochs']} epochs, "
+        f"the whole test set; {r['device']}, {r['precision']}, so compared only with each other). From batch 128 to "
+        f"batch 8: " + ", ".join(f"{n.upper()} {p[n]['linear']['change']:+.2f} with the linear rule and "
+                                  f"{p[n]['root']['change']:+.2f} with the square-root rule" for n in lib.NORMS)
+        + " points; the square-root rule against the linear one: "
+        + ", ".join(f"{n.upper()} {p[n]['gain']['change']:+.2f} ({p[n]['gain']['verdict']}, ±{p[n]['gain']['bar']:.2f})"
+                    for n in lib.NORMS)
+        + f". So {meaning}. BN minus the better of GN and LN at batch 8: {lead['batch 8']['change']:+.2f} points "
+        f"({lead['batch 8']['verdict']}) with the linear rule, {lead[ROOT_RULE]['change']:+.2f} "
+        f"({lead[ROOT_RULE]['verdict']}) with the square-root rule"
+        + (": the verdict between norms does not depend on the rule." if same else
+           ": the verdict between norms depends on the rule.")
+    )
 
 
 def group_table(rows: list[dict]):

@@ -103,8 +103,31 @@ def test_the_runner_copies_nothing_where_the_runs_would_train_elsewhere(tiny_dat
     handed_on = []
     monkeypatch.setattr(experiments, "run_plan_ray", lambda folder, *a, **kw: handed_on.append(folder.name))
     monkeypatch.setattr(experiments, "run_plan", lambda folder, **kw: handed_on.append(folder.name))
-    experiments.main(["run", "runs/later"] + (["--ray"] if how == "ray" else []))
-    assert handed_on == ["later"] and not (target / "bn-recipe-s0.json").exists()
+    if how == "ray":
+        experiments.main(["run", "runs/later", "--ray"])
+        assert handed_on == ["later"] and not (target / "bn-recipe-s0.json").exists()
+    else:                                                  # refused, named in the exit status: nothing copied
+        with pytest.raises(SystemExit, match="not trained here: later"):
+            experiments.main(["run", "runs/later"])
+        assert handed_on == [] and not (target / "bn-recipe-s0.json").exists()
+
+
+def test_a_plan_this_machine_cannot_train_is_named_and_the_next_one_still_trains(tiny_data, tmp_path, monkeypatch,
+                                                                                  capsys):
+    monkeypatch.setattr(lib, "ROOT", tmp_path)
+    one_run = [{"seeds": [0], "runs": [["bn", "recipe"]]}]
+    write_plan(tmp_path / "runs" / "pinned", parts=one_run, precision="bf16")
+    write_plan(tmp_path / "runs" / "any", parts=one_run, precision="fp32")
+    monkeypatch.setattr(lib, "bf16_supported", lambda device: False)
+    monkeypatch.setattr(lib, "load_cifar10", lambda *a, **kw: tiny_data)
+    trained = []
+    monkeypatch.setattr(experiments, "run_plan", lambda folder, **kw: trained.append(folder.name))
+    with pytest.raises(SystemExit, match="not trained here: pinned$"):
+        experiments.main(["run", "runs/pinned", "runs/any"])
+    assert trained == ["any"]
+    assert "pinned is pinned to bf16, which this machine lacks" in capsys.readouterr().err
+    experiments.main(["device", "cpu"])                     # every CPU plan: the one it can train, and exit 0
+    assert trained == ["any", "any"]
 
 
 def test_a_variant_may_run_longer_only_where_its_plan_allows(tiny_data, tmp_path):

@@ -265,3 +265,31 @@ def test_a_run_copied_into_another_plan_is_counted_once():
                    delta=0.9), dict(run, folder="weight-std-muon", tuning="recipe", variant="recipe", delta=None)]
     assert report.distinct_runs(copies) == 1
     assert report.distinct_runs(copies + [dict(run, seed=1, folder="weight-std-muon")]) == 2
+
+
+def test_the_learning_rate_control_says_whether_the_rule_or_the_norm_loses_at_small_batches():
+    muon = dict(lib.RECIPE, optimizer="Muon")
+    def record(norm, variant, seed, acc):
+        return dict(run(norm, variant, seed, acc, "fp32"), recipe=muon, n_train=10_000, epochs=10, device="cpu")
+    base = {"bn": 72.0, "gn": 66.0, "ln": 64.0}
+    def control(drop: dict, recovered: dict):
+        return [record(n, v, s, a + (s - 0.5) / 5) for n in lib.NORMS for s in (0, 1) for v, a in
+                (("batch 128", base[n]), ("batch 8", base[n] - drop[n]),
+                 (report.ROOT_RULE, base[n] - drop[n] + recovered[n]))]
+    sweep = [record("bn", "batch 128", 0, 72.0)]
+    runs = control({"bn": 9, "gn": 3, "ln": 3}, {"bn": 5, "gn": 3, "ln": 3})
+    rule = report.lr_rule(runs)
+    assert rule["per_norm"]["bn"]["linear"]["change"] == pytest.approx(-9) and rule["seeds"] == 2
+    assert rule["per_norm"]["gn"]["root"]["change"] == pytest.approx(0) and rule["lead"]["batch 8"]["other"] == "gn"
+    text = report.lr_rule_text(rule, sweep)
+    assert "0.05 × √(8/128) = 0.0125 rather than 0.05 × 8/128 = 0.003125" in text
+    assert "BN +5.00 (gain" in text and "recovers accuracy for every norm" in text
+    assert text.endswith("+0.00 points (within noise) with the linear rule, +2.00 (gain) with the square-root rule: "
+                         "the verdict between norms depends on the rule.")
+    text = report.lr_rule_text(report.lr_rule(control({"bn": 7, "gn": 3, "ln": 3}, {"bn": 0, "gn": 0, "ln": -2})), sweep)
+    assert "recovers nothing beyond the seed noise (LN loses with it), so the sweep's small-batch losses are not" in text
+    assert "the verdict between norms does not depend on the rule." in text
+    text = report.lr_rule_text(report.lr_rule(control({"bn": 7, "gn": 3, "ln": 3}, {"bn": 5, "gn": 0, "ln": 0})), sweep)
+    assert "recovers accuracy for BN only" in text
+    assert report.lr_rule_text(rule, [dict(sweep[0], recipe=lib.RECIPE | {"optimizer": "SGD-Nesterov"})]) == ""
+    assert report.lr_rule_text(None, sweep) == ""
