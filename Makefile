@@ -48,7 +48,7 @@ runs:
 ## The batch-size and group-count sweeps of the experiments chapter, in the reported recipe (the earlier
 ## recipe's runs/batch-size and runs/group-count are read until these are complete), and the control for
 ## Muon's learning-rate rule at small batches. A plan this machine cannot train (one pinned to bf16 on a CPU
-## without it) is named and skipped, and the others go on.
+## without it) is named and left; the others train, and the exit status says something was left.
 sweeps:
 	$(PY) experiments.py run runs/batch-size-muon runs/group-count-muon runs/muon-lr-rule --data $(DATA)
 

@@ -439,12 +439,13 @@ def run_command(args) -> None:
     while folders:
         folder = folders.pop(0)
         if missing(folder) and not args.ray:                     # Ray's workers may be other machines
-            try:
-                check_machine(folder, load_plan(folder))
-            except lib.NormbookError as e:
-                print(f"experiments.py: {e}", file=sys.stderr, flush=True)
-                left_for_others.append(folder.name)
-                continue
+            if [r for r in missing(folder) if args.seeds is None or r[3] in args.seeds]:
+                try:
+                    check_machine(folder, load_plan(folder))
+                except lib.NormbookError as e:
+                    print(f"experiments.py: {e}", file=sys.stderr, flush=True)
+                    left_for_others.append(folder.name)
+                    continue
             data = data or lib.load_cifar10(args.data)
             if copied := adopt_runs(folder, [f for f in plan_dirs() if f != folder], data):
                 print(f"{folder.name}: {copied} run{'s' * (copied != 1)} copied in from other plans, trained alike",
@@ -459,7 +460,7 @@ def run_command(args) -> None:
                          seeds=args.seeds)
         if staged and (stage := write_next_stage()):
             folders.append(stage)
-    if left_for_others and args.what == "run":              # asked for by name: the exit status says so
+    if left_for_others:                                      # the others have trained; the exit status says so
         raise lib.NormbookError(f"not trained here: {', '.join(left_for_others)}")
 
 

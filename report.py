@@ -2160,15 +2160,42 @@ def batch_text(batch: dict, control: dict, rows: list[dict]) -> str:
     return "\n".join(f"- {l}" for l in lines)
 
 
+def lead_change(runs: list[dict], variant: str, reference: str) -> dict:
+    """How BN's lead over the better of GN and LN moves from `reference` to `variant`, paired by seed (four runs
+    per seed, so its bar is that of a difference of two runs times √2)."""
+    lead = {v: bn_lead(runs, v) for v in (variant, reference)}
+    def margin(v, s):
+        return accs(runs, "bn", v).get(s, math.nan) - accs(runs, lead[v]["other"], v).get(s, math.nan)
+    changes = [d for s in sorted(accs(runs, "bn", variant)) if not math.isnan(d := margin(variant, s) - margin(reference, s))]
+    if not changes:
+        return dict(change=math.nan, n=0, bar=math.nan, verdict="not run")
+    change, bar = statistics.mean(changes), noise_bar(noise(runs) * math.sqrt(2), len(changes))
+    return dict(change=change, n=len(changes), bar=bar, verdict=verdict(change, bar))
+
+
+def muon_peak(run: dict) -> float:
+    """Muon's peak learning rate in a run, as lib.train sets it: muon_lr scaled linearly with the batch size."""
+    recipe = lib.recorded_recipe(run)
+    return recipe["muon_lr"] * run["batch_size"] / recipe["lr_batch"]
+
+
 def lr_rule(runs: list[dict]) -> dict:
     """The control for Muon's learning-rate rule at batch 8, from its own runs (one precision, paired by seed):
     per norm, batch 8 against batch 128 with Muon's peak scaled linearly with the batch (the sweep's rule) and by
-    its square root, and the root rule against the linear one; and BN against the better of GN and LN under each."""
+    its square root, and the root rule against the linear one; BN's lead over the better of GN and LN under each
+    rule, and how it moves. `complete`: every comparison has two seeds or more."""
     per_norm = {n: dict(linear=paired(runs, n, "batch 8", "batch 128"), root=paired(runs, n, ROOT_RULE, "batch 128"),
                         gain=paired(runs, n, ROOT_RULE, "batch 8")) for n in lib.NORMS}
-    return dict(per_norm=per_norm, lead={v: bn_lead(runs, v) for v in ("batch 8", ROOT_RULE)}, sigma=noise(runs),
-                seeds=min(p["gain"]["n"] for p in per_norm.values()),
-                record=next(r for r in runs if r["variant"] == "batch 128"))
+    lead = {v: bn_lead(runs, v) for v in ("batch 8", ROOT_RULE)}
+    moved = lead_change(runs, ROOT_RULE, "batch 8")
+    seeds = min([c["n"] for p in per_norm.values() for c in p.values()] + [c["n"] for c in lead.values()] + [moved["n"]])
+    one = lambda v: next((r for r in runs if r["variant"] == v), None)
+    peaks = {v: muon_peak(one(v)) if one(v) else math.nan for v in ("batch 128", "batch 8", ROOT_RULE)}
+    if not math.isclose(peaks[ROOT_RULE], peaks["batch 128"] * math.sqrt(8 / 128)):   # what the text will say
+        raise lib.NormbookError(f"{ROOT_RULE!r} trains Muon at a peak of {peaks[ROOT_RULE]:g}, not batch 128's "
+                                f"{peaks['batch 128']:g} × √(8/128)")
+    return dict(per_norm=per_norm, lead=lead, moved=moved, seeds=seeds, complete=seeds >= 2, peaks=peaks,
+                record=one("batch 128") or runs[0])
 
 
 def lr_rule_control() -> dict | None:
@@ -2177,46 +2204,54 @@ def lr_rule_control() -> dict | None:
 
 
 def lr_rule_text(rule: dict | None, sweep_runs: list[dict]) -> str:
-    """What the control says about the batch sweep's small-batch losses; nothing unless the sweep trains Muon and
-    the control is complete (rule None)."""
+    """The control's bullet for the batch sweep: whether a larger Muon learning rate at batch 8 changes what the
+    sweep shows there, for each norm and between them. Nothing unless the sweep trains Muon and the control is
+    done (rule None); one sentence if runs of it diverged, leaving a comparison without two seeds."""
     if rule is None or lib.recorded_recipe(sweep_runs[0])["optimizer"] != "Muon":
         return ""
-    p, r = rule["per_norm"], rule["record"]
-    muon = lib.recorded_recipe(r)["muon_lr"]           # Muon's peak at batch 128, where both rules agree
-    gains = [n for n in lib.NORMS if p[n]["gain"]["verdict"] == "gain"]
-    losses = [n for n in lib.NORMS if p[n]["gain"]["verdict"] == "loss"]
-    lead = {v: rule["lead"][v] for v in ("batch 8", ROOT_RULE)}
-    if len(gains) == len(lib.NORMS):
-        meaning = ("the gentler rule recovers accuracy for every norm, so part of what the sweep shows at small "
-                   "batches is the shared learning-rate rule, not the norms; comparisons between norms at one batch "
-                   "size stay fair, since all three follow the same rule")
-    elif not gains:
-        meaning = ("the gentler rule recovers nothing beyond the seed noise" + (
-            f" ({and_join(n.upper() for n in losses)} lose{'s' if len(losses) == 1 else ''} with it)" if losses else "")
-            + ", so the sweep's small-batch losses are not the learning-rate rule's")
-        # the losses then belong to the norms, or to the budget (see the step-count control)
-    else:
-        meaning = (f"the gentler rule recovers accuracy for {and_join(n.upper() for n in gains)} only, so the rule "
-                   "weighs on the norms unequally; read the sweep's small-batch differences between norms with that "
-                   "in mind")
-    same = lead["batch 8"]["verdict"] == lead[ROOT_RULE]["verdict"]
+    if not rule["complete"]:
+        lost = [f"{x['norm'].upper()}, {x['variant']}, seed {x['seed']}" for x in diverged(LR_RULE)]
+        return (f"- **Muon's learning-rate rule.** The control for it at batch 8 lacks runs that diverged "
+                f"({and_join(lost)}), so it is not read.")
+    p, r, peaks = rule["per_norm"], rule["record"], rule["peaks"]
+    by = lambda verdicts: [n for n in lib.NORMS if p[n]["gain"]["verdict"] in verdicts]
+    back = [n for n in by({"gain"}) if p[n]["linear"]["verdict"] == "loss"]        # a loss the larger rate wins back
+    raised = [n for n in by({"gain"}) if n not in back]
+    effects = [f"wins back accuracy for {and_join(n.upper() for n in back)}" if back else "",
+               f"raises it for {and_join(n.upper() for n in raised)}" if raised else "",
+               f"costs {and_join(n.upper() for n in by({'loss'}))} accuracy" if by({"loss"}) else "",
+               f"changes nothing beyond the seed noise for {and_join(n.upper() for n in by({'within noise'}))}"
+               if by({"within noise"}) else ""]
+    meaning = ("so part of what the sweep shows at small batches for " + and_join(n.upper() for n in back) +
+               " is Muon's learning rate scaled down too far, not the norm" if back else
+               "so at batch 8 a Muon learning rate scaled down too far does not explain what the sweep shows")
+    lead, moved = rule["lead"], rule["moved"]
+    precision = ("" if r["precision"] == sweep_runs[0]["precision"] else
+                 f", unlike the sweep's {sweep_runs[0]['precision']}, so its accuracies are compared with each other, "
+                 "not with the figure's")
     return (
-        f"**Muon's learning-rate rule.** Muon's step has a fixed size whatever the gradient's, so scaling its peak "
-        f"linearly with the batch, as the sweep does, may make it too small at small batches. A control trains batch 8 "
-        f"with Muon's peak scaled by √(*B*/128) instead ({muon:g} × √(8/128) = {muon * math.sqrt(8 / 128):.4g} rather "
-        f"than {muon:g} × 8/128 = {muon * 8 / 128:.4g}; the SGD part unchanged), against batch 128 and batch 8 with the linear rule, "
-        f"{rule['seeds']} seeds each, paired by seed (the first {r['n_train']:,} training images, {r['epochs']} epochs, "
-        f"the whole test set; {r['device']}, {r['precision']}, so compared only with each other). From batch 128 to "
-        f"batch 8: " + ", ".join(f"{n.upper()} {p[n]['linear']['change']:+.2f} with the linear rule and "
-                                  f"{p[n]['root']['change']:+.2f} with the square-root rule" for n in lib.NORMS)
-        + " points; the square-root rule against the linear one: "
-        + ", ".join(f"{n.upper()} {p[n]['gain']['change']:+.2f} ({p[n]['gain']['verdict']}, ±{p[n]['gain']['bar']:.2f})"
-                    for n in lib.NORMS)
-        + f". So {meaning}. BN minus the better of GN and LN at batch 8: {lead['batch 8']['change']:+.2f} points "
+        "- **Muon's learning-rate rule.** The linear rule rests on SGD's step being proportional to the gradient: "
+        "*k* steps on batches of *B* move the weights about as far as one step on a batch of *kB* with *k* times the "
+        "learning rate. Muon's step is orthogonalized, of a set size whatever the gradient's, so the argument does "
+        "not carry over; for optimizers that normalize their step, scaling by the square root of the batch is the "
+        "usual alternative ([Malladi et al., 2022](https://arxiv.org/abs/2205.10287), for Adam). A control trains "
+        f"batch 8 with Muon's peak learning rate at {peaks[ROOT_RULE]:.4g} (its batch-128 value {peaks['batch 128']:g} "
+        f"× √(8/128)) instead of the linear rule's {peaks['batch 8']:.4g} (× 8/128); the SGD-Nesterov step of the "
+        f"other weights keeps the linear rule. {rule['seeds']} seeds, paired by seed; the first {r['n_train']:,} "
+        f"training images, {r['epochs']} epochs, the whole test set; {r['device']}, {r['precision']}{precision}. "
+        "From batch 128 to batch 8, " + ", ".join(
+            f"{n.upper()} changes by {p[n]['linear']['change']:+.2f} points with the linear rule and "
+            f"{p[n]['root']['change']:+.2f} with the square-root rule" for n in lib.NORMS)
+        + ". Against the linear rule, the square-root rule " + and_join(e for e in effects if e) + " ("
+        + ", ".join(f"{n.upper()} {p[n]['gain']['change']:+.2f} ± {p[n]['gain']['bar']:.2f}" for n in lib.NORMS)
+        + f"), {meaning}. BN minus the better of GN and LN at batch 8: {lead['batch 8']['change']:+.2f} points "
         f"({lead['batch 8']['verdict']}) with the linear rule, {lead[ROOT_RULE]['change']:+.2f} "
-        f"({lead[ROOT_RULE]['verdict']}) with the square-root rule"
-        + (": the verdict between norms does not depend on the rule." if same else
-           ": the verdict between norms depends on the rule.")
+        f"({lead[ROOT_RULE]['verdict']}) with the square-root rule; "
+        + (f"a move of {moved['change']:+.2f} ± {moved['bar']:.2f}, within the seed noise: the comparison between "
+           "norms at batch 8 does not depend on the rule." if moved["verdict"] == "within noise" else
+           f"a move of {moved['change']:+.2f} ± {moved['bar']:.2f}, beyond the seed noise: the comparison between "
+           "norms at batch 8 depends on Muon's learning rate, so read the sweep's gaps between norms at small "
+           "batches with that in mind.")
     )
 
 

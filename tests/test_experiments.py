@@ -116,7 +116,7 @@ def test_a_plan_this_machine_cannot_train_is_named_and_the_next_one_still_trains
                                                                                   capsys):
     monkeypatch.setattr(lib, "ROOT", tmp_path)
     one_run = [{"seeds": [0], "runs": [["bn", "recipe"]]}]
-    write_plan(tmp_path / "runs" / "pinned", parts=one_run, precision="bf16")
+    write_plan(tmp_path / "runs" / "pinned", parts=[{"seeds": [0, 1], "runs": [["bn", "recipe"]]}], precision="bf16")
     write_plan(tmp_path / "runs" / "any", parts=one_run, precision="fp32")
     monkeypatch.setattr(lib, "bf16_supported", lambda device: False)
     monkeypatch.setattr(lib, "load_cifar10", lambda *a, **kw: tiny_data)
@@ -126,8 +126,11 @@ def test_a_plan_this_machine_cannot_train_is_named_and_the_next_one_still_trains
         experiments.main(["run", "runs/pinned", "runs/any"])
     assert trained == ["any"]
     assert "pinned is pinned to bf16, which this machine lacks" in capsys.readouterr().err
-    experiments.main(["device", "cpu"])                     # every CPU plan: the one it can train, and exit 0
+    with pytest.raises(SystemExit, match="not trained here: pinned$"):
+        experiments.main(["device", "cpu"])                 # every CPU plan: the one it can train, then the exit
     assert trained == ["any", "any"]
+    (tmp_path / "runs" / "pinned" / "bn-recipe-s0.json").write_text("{}")
+    experiments.main(["run", "runs/pinned", "--seeds", "0"])    # only seed 1 is left, not asked for: no refusal
 
 
 def test_a_variant_may_run_longer_only_where_its_plan_allows(tiny_data, tmp_path):

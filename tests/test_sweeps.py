@@ -267,29 +267,51 @@ def test_a_run_copied_into_another_plan_is_counted_once():
     assert report.distinct_runs(copies + [dict(run, seed=1, folder="weight-std-muon")]) == 2
 
 
-def test_the_learning_rate_control_says_whether_the_rule_or_the_norm_loses_at_small_batches():
-    muon = dict(lib.RECIPE, optimizer="Muon")
-    def record(norm, variant, seed, acc):
-        return dict(run(norm, variant, seed, acc, "fp32"), recipe=muon, n_train=10_000, epochs=10, device="cpu")
+def lr_control(drop: dict, change: dict, lost=()) -> list[dict]:
+    """Made-up runs of the learning-rate control: per norm, batch 8 loses `drop` from batch 128 with the linear
+    rule, and the square-root rule changes batch 8 by `change`; seeds differ by ±0.1, unpaired on purpose at the
+    root-rule point (its seeds lie the other way round, so only a paired comparison gives these changes)."""
     base = {"bn": 72.0, "gn": 66.0, "ln": 64.0}
-    def control(drop: dict, recovered: dict):
-        return [record(n, v, s, a + (s - 0.5) / 5) for n in lib.NORMS for s in (0, 1) for v, a in
-                (("batch 128", base[n]), ("batch 8", base[n] - drop[n]),
-                 (report.ROOT_RULE, base[n] - drop[n] + recovered[n]))]
-    sweep = [record("bn", "batch 128", 0, 72.0)]
-    runs = control({"bn": 9, "gn": 3, "ln": 3}, {"bn": 5, "gn": 3, "ln": 3})
-    rule = report.lr_rule(runs)
+    points = {"batch 128": (128, 0.05, 0), "batch 8": (8, 0.05, -1), report.ROOT_RULE: (8, 0.2, None)}
+    runs = []
+    for n in lib.NORMS:
+        for v, (b, muon_lr, d) in points.items():
+            for s in (0, 1):
+                if (n, v, s) in lost:
+                    continue
+                a = base[n] + (-drop[n] if d == -1 else 0) + ((change[n] - drop[n]) if d is None else 0)
+                a += (0.1 if s else -0.1) * (-1 if d is None else 1) + (0.5 if d is None and n == "bn" and s else 0)
+                runs.append(dict(run(n, v, s, a, "fp32"), batch_size=b, recipe=dict(lib.RECIPE, optimizer="Muon",
+                                 muon_lr=muon_lr), n_train=10_000, epochs=10, device="cpu"))
+    return runs
+
+
+def test_the_learning_rate_control_says_whether_muons_rate_or_the_norm_decides_at_small_batches():
+    sweep = [dict(run("bn", "batch 128", 0, 72.0), recipe=dict(lib.RECIPE, optimizer="Muon"))]
+    rule = report.lr_rule(lr_control({"bn": 9, "gn": 3, "ln": 3}, {"bn": 5, "gn": 3, "ln": 0}))
     assert rule["per_norm"]["bn"]["linear"]["change"] == pytest.approx(-9) and rule["seeds"] == 2
-    assert rule["per_norm"]["gn"]["root"]["change"] == pytest.approx(0) and rule["lead"]["batch 8"]["other"] == "gn"
+    assert rule["per_norm"]["bn"]["gain"]["change"] == pytest.approx(5.25)            # paired: (5.0 + 5.5) / 2
+    assert rule["peaks"] == {"batch 128": 0.05, "batch 8": 0.003125, report.ROOT_RULE: 0.0125}
     text = report.lr_rule_text(rule, sweep)
-    assert "0.05 × √(8/128) = 0.0125 rather than 0.05 × 8/128 = 0.003125" in text
-    assert "BN +5.00 (gain" in text and "recovers accuracy for every norm" in text
-    assert text.endswith("+0.00 points (within noise) with the linear rule, +2.00 (gain) with the square-root rule: "
-                         "the verdict between norms depends on the rule.")
-    text = report.lr_rule_text(report.lr_rule(control({"bn": 7, "gn": 3, "ln": 3}, {"bn": 0, "gn": 0, "ln": -2})), sweep)
-    assert "recovers nothing beyond the seed noise (LN loses with it), so the sweep's small-batch losses are not" in text
-    assert "the verdict between norms does not depend on the rule." in text
-    text = report.lr_rule_text(report.lr_rule(control({"bn": 7, "gn": 3, "ln": 3}, {"bn": 5, "gn": 0, "ln": 0})), sweep)
-    assert "recovers accuracy for BN only" in text
-    assert report.lr_rule_text(rule, [dict(sweep[0], recipe=lib.RECIPE | {"optimizer": "SGD-Nesterov"})]) == ""
+    assert "Muon's peak learning rate at 0.0125 (its batch-128 value 0.05 × √(8/128)) instead of the linear rule's 0.003125" in text
+    assert ("fp32, unlike the sweep's bf16" in text and "BN changes by -9.00 points with the linear rule and -3.75 with "
+            "the square-root rule" in text)
+    assert ("the square-root rule wins back accuracy for BN and GN and changes nothing beyond the seed noise for LN "
+            "(BN +5.25 ±" in text and "so part of what the sweep shows at small batches for BN and GN is Muon's" in text)
+    assert "+0.00 points (within noise) with the linear rule, +2.25 (gain) with the square-root rule; a move of +2.25" in text
+    assert text.endswith("beyond the seed noise: the comparison between norms at batch 8 depends on Muon's learning rate, "
+                         "so read the sweep's gaps between norms at small batches with that in mind.")
+    text = report.lr_rule_text(report.lr_rule(lr_control({"bn": 9, "gn": 6, "ln": -2}, {"bn": 2, "gn": -2, "ln": 2})), sweep)
+    assert "the square-root rule wins back accuracy for BN, raises it for LN and costs GN accuracy (BN +2.25 ±" in text
+    assert text.endswith("within the seed noise: the comparison between norms at batch 8 does not depend on the rule.")
+    text = report.lr_rule_text(report.lr_rule(lr_control({"bn": 9, "gn": 3, "ln": 3}, {"bn": 0, "gn": 0, "ln": -2})), sweep)
+    assert ("costs LN accuracy and changes nothing beyond the seed noise for BN and GN" in text and "so at batch 8 a Muon "
+            "learning rate scaled down too far does not explain what the sweep shows" in text)
+    assert report.lr_rule_text(rule, [dict(sweep[0], recipe=dict(lib.RECIPE, optimizer="SGD-Nesterov"))]) == ""
     assert report.lr_rule_text(None, sweep) == ""
+    lost = report.lr_rule(lr_control({"bn": 9, "gn": 3, "ln": 3}, {"bn": 5, "gn": 3, "ln": 0}, lost={("ln", report.ROOT_RULE, 1)}))
+    assert lost["seeds"] == 1 and not lost["complete"]
+    wrong = [dict(r, recipe=dict(r["recipe"], muon_lr=0.1)) if r["variant"] == report.ROOT_RULE else r
+             for r in lr_control({"bn": 9, "gn": 3, "ln": 3}, {"bn": 5, "gn": 3, "ln": 0})]
+    with pytest.raises(lib.NormbookError, match="not batch 128's 0.05 × √"):
+        report.lr_rule(wrong)
