@@ -1348,10 +1348,11 @@ LEVER_WORDS = {("optimizer", "Muon"): "**Muon** for the 3x3 conv weights", ("dir
 LEVERS = ("muon lr 0.05", "whiten trainable", "whiten frozen", "dirac init", "alternating flip")
 
 
-def recipe_words(runs: list[dict], reported: dict, varied=("bn_ghost", "bn_frozen")) -> str:
+def recipe_words(runs: list[dict], reported: dict, varied=("bn_ghost", "bn_frozen", "muon_lr")) -> str:
     """'the reported recipe', or the reported recipe with each setting the runs hold otherwise, in words: a
     claim about an experiment stays true when the recipe changes. `varied`: settings the experiment varies on
-    purpose, not counted as a difference."""
+    purpose, not counted as a difference (by default a sweep's: BN's statistics, and Muon's learning rate, which
+    a batch sweep scales with the batch; sweep_budget states how)."""
     ours = lib.recorded_recipe(reported)
     differ = {k: lib.recorded_recipe(r)[k] for r in runs for k in lib.RECIPE
               if k not in varied and lib.recorded_recipe(r)[k] != ours[k]}
@@ -2065,6 +2066,27 @@ def data_name(source: str) -> str:
     return "CIFAR-10, an offline JPEG copy" if "offline JPEG copy of CIFAR-10" in source else source
 
 
+def muon_rule(runs: list[dict]) -> dict | None:
+    """How runs scale Muon's peak learning rate with the batch size, from their records: {"rule": "linear" (like
+    SGD's) or "square root", "base": the peak at lr_batch}; None where they train no Muon. A mixture, or runs
+    without one at lr_batch to scale from, is refused."""
+    muon = [(r["batch_size"], lib.recorded_recipe(r)) for r in runs if lib.recorded_recipe(r)["optimizer"] == "Muon"]
+    if not muon:
+        return None
+    bases = {rec["muon_lr"] for b, rec in muon if b == rec["lr_batch"]}
+    if len(bases) != 1:
+        raise lib.NormbookError(f"Muon's learning rate at the reference batch is not one value: {sorted(bases)}")
+    base, rules = bases.pop(), set()
+    for b, rec in muon:
+        k = b / rec["lr_batch"]
+        if b != rec["lr_batch"]:                                   # peak = muon_lr × k (lib.train's linear scaling)
+            rules.add("linear" if math.isclose(rec["muon_lr"] * k, base * k) else
+                      "square root" if math.isclose(rec["muon_lr"] * k, base * math.sqrt(k)) else f"batch {b}: other")
+    if len(rules) > 1:
+        raise lib.NormbookError(f"the runs scale Muon's learning rate in more than one way: {sorted(rules)}")
+    return dict(rule=rules.pop() if rules else "linear", base=base)
+
+
 def sweep_budget(sources: dict[str, list[dict]], reported: dict) -> str:
     """The sweeps' budget, recipe (against `reported`, a reported run's record), data, device and precision,
     from the runs' own records; `sources` maps a sweep's name ("the group-count sweep") to its runs, and each
@@ -2080,14 +2102,15 @@ def sweep_budget(sources: dict[str, list[dict]], reported: dict) -> str:
                   f"seeds {and_join(seeds)} at {sum(len(got) == len(seeds) for got in points.values())} of its "
                   f"{len(points)} points, one seed at the others ({and_join(fewer)})")
     words = {name: recipe_words(rs, reported) for name, rs in sources.items() if rs}
-    muon = next((lib.recorded_recipe(x) for x in runs if lib.recorded_recipe(x)["optimizer"] == "Muon"), None)
+    muon = muon_rule(runs)
     recipe = (next(iter(words.values())) if len(set(words.values())) == 1 else
               "; ".join(f"in {name}, {w}" for name, w in words.items()))
     return (f"**Budget of every point:** the first {r['n_train']:,} training images "
             f"({r['n_train'] // 10:,} per class) for {r['epochs']} epochs, evaluated on all {r['n_test']:,} test images "
             f"at the final epoch; {seeds_text}, compared seed by seed. **Recipe:** {recipe}. "
             f"**Learning rate:** peak {r['recipe']['peak_lr']:g} × *B* / {r['recipe']['lr_batch']}"
-            + (f" (Muon's: {muon['muon_lr']:g} × *B* / {muon['lr_batch']})" if muon else "") + ". **Steps:** "
+            + ("" if not muon else f" (Muon's: {muon['base']:g} × *B* / {r['recipe']['lr_batch']})" if muon["rule"] ==
+               "linear" else f" (Muon's: {muon['base']:g} × √(*B* / {r['recipe']['lr_batch']}))") + ". **Steps:** "
             f"{r['epochs'] * math.ceil(r['n_train'] / 128):,} at batch 128, {r['epochs'] * math.ceil(r['n_train'] / 2):,} "
             f"at batch 2. "
             f"Data: {data_name(r['data'])}; {r['device']}, {r['precision']}.")
@@ -2204,16 +2227,19 @@ def lr_rule_control() -> dict | None:
 
 
 def lr_rule_text(rule: dict | None, sweep_runs: list[dict]) -> str:
-    """The control's bullet for the batch sweep: whether a larger Muon learning rate at batch 8 changes what the
-    sweep shows there, for each norm and between them. Nothing unless the sweep trains Muon and the control is
-    done (rule None); one sentence if runs of it diverged, leaving a comparison without two seeds."""
-    if rule is None or lib.recorded_recipe(sweep_runs[0])["optimizer"] != "Muon":
+    """The control's bullet for the batch sweep: Muon's peak learning rate at batch 8 scaled by the square root of
+    the batch or linearly, for each norm and between them, told from the rule the sweep itself uses. Nothing unless
+    the sweep trains Muon and the control is done (rule None); one sentence if runs of it diverged, leaving a
+    comparison without two seeds."""
+    sweep_rule = muon_rule(sweep_runs)
+    if rule is None or sweep_rule is None:
         return ""
     if not rule["complete"]:
         lost = [f"{x['norm'].upper()}, {x['variant']}, seed {x['seed']}" for x in diverged(LR_RULE)]
-        return (f"- **Muon's learning-rate rule.** The control for it at batch 8 lacks runs that diverged "
+        return (f"- **Muon's learning rate.** The control for its rule at batch 8 lacks runs that diverged "
                 f"({and_join(lost)}), so it is not read.")
     p, r, peaks = rule["per_norm"], rule["record"], rule["peaks"]
+    root = sweep_rule["rule"] == "square root"                     # the sweep's own rule; else linear, like SGD's
     by = lambda verdicts: [n for n in lib.NORMS if p[n]["gain"]["verdict"] in verdicts]
     back = [n for n in by({"gain"}) if p[n]["linear"]["verdict"] == "loss"]        # a loss the larger rate wins back
     raised = [n for n in by({"gain"}) if n not in back]
@@ -2222,36 +2248,42 @@ def lr_rule_text(rule: dict | None, sweep_runs: list[dict]) -> str:
                f"costs {and_join(n.upper() for n in by({'loss'}))} accuracy" if by({"loss"}) else "",
                f"changes nothing beyond the seed noise for {and_join(n.upper() for n in by({'within noise'}))}"
                if by({"within noise"}) else ""]
-    meaning = ("so part of what the sweep shows at small batches for " + and_join(n.upper() for n in back) +
-               " is Muon's learning rate scaled down too far, not the norm" if back else
-               "so at batch 8 a Muon learning rate scaled down too far does not explain what the sweep shows")
+    starved = and_join(n.upper() for n in back) if back else ""
+    meaning = (("so with the linear rule the sweep would show, for " + starved + ", Muon's learning rate scaled down "
+                "too far rather than the norm" if root else "so part of what the sweep shows at small batches for "
+                + starved + " is Muon's learning rate scaled down too far, not the norm") if back else
+               "so at batch 8 the linear rule does not starve Muon")
     lead, moved = rule["lead"], rule["moved"]
     precision = ("" if r["precision"] == sweep_runs[0]["precision"] else
                  f", unlike the sweep's {sweep_runs[0]['precision']}, so its accuracies are compared with each other, "
                  "not with the figure's")
+    rates = (f"Muon's peak learning rate at {peaks[ROOT_RULE]:.4g} (its batch-128 value {peaks['batch 128']:g} "
+             f"× √(8/128)) and at the linear rule's {peaks['batch 8']:.4g} (× 8/128); the SGD-Nesterov step of the "
+             "other weights follows the linear rule in both")
     return (
-        "- **Muon's learning-rate rule.** The linear rule rests on SGD's step being proportional to the gradient: "
+        "- **Muon's learning rate.** The linear rule rests on SGD's step being proportional to the gradient: "
         "*k* steps on batches of *B* move the weights about as far as one step on a batch of *kB* with *k* times the "
         "learning rate. Muon's step is orthogonalized, of a set size whatever the gradient's, so the argument does "
         "not carry over; for optimizers that normalize their step, scaling by the square root of the batch is the "
-        "usual alternative ([Malladi et al., 2022](https://arxiv.org/abs/2205.10287), for Adam). A control trains "
-        f"batch 8 with Muon's peak learning rate at {peaks[ROOT_RULE]:.4g} (its batch-128 value {peaks['batch 128']:g} "
-        f"× √(8/128)) instead of the linear rule's {peaks['batch 8']:.4g} (× 8/128); the SGD-Nesterov step of the "
-        f"other weights keeps the linear rule. {rule['seeds']} seeds, paired by seed; the first {r['n_train']:,} "
-        f"training images, {r['epochs']} epochs, the whole test set; {r['device']}, {r['precision']}{precision}. "
-        "From batch 128 to batch 8, " + ", ".join(
+        "usual alternative ([Malladi et al., 2022](https://arxiv.org/abs/2205.10287), for Adam). "
+        + ("The sweep scales Muon's peak by √(*B*/128), SGD's linearly. " if root else
+           "The sweep scales Muon's peak linearly, like SGD's. ")
+        + f"A control trains batch 8 both ways: {rates}. {rule['seeds']} seeds, paired by seed; the first "
+        f"{r['n_train']:,} training images, {r['epochs']} epochs, the whole test set; {r['device']}, "
+        f"{r['precision']}{precision}. From batch 128 to batch 8, " + ", ".join(
             f"{n.upper()} changes by {p[n]['linear']['change']:+.2f} points with the linear rule and "
             f"{p[n]['root']['change']:+.2f} with the square-root rule" for n in lib.NORMS)
         + ". Against the linear rule, the square-root rule " + and_join(e for e in effects if e) + " ("
         + ", ".join(f"{n.upper()} {p[n]['gain']['change']:+.2f} ± {p[n]['gain']['bar']:.2f}" for n in lib.NORMS)
         + f"), {meaning}. BN minus the better of GN and LN at batch 8: {lead['batch 8']['change']:+.2f} points "
         f"({lead['batch 8']['verdict']}) with the linear rule, {lead[ROOT_RULE]['change']:+.2f} "
-        f"({lead[ROOT_RULE]['verdict']}) with the square-root rule; "
-        + (f"a move of {moved['change']:+.2f} ± {moved['bar']:.2f}, within the seed noise: the comparison between "
-           "norms at batch 8 does not depend on the rule." if moved["verdict"] == "within noise" else
-           f"a move of {moved['change']:+.2f} ± {moved['bar']:.2f}, beyond the seed noise: the comparison between "
-           "norms at batch 8 depends on Muon's learning rate, so read the sweep's gaps between norms at small "
-           "batches with that in mind.")
+        f"({lead[ROOT_RULE]['verdict']}) with the square-root rule; a move of {moved['change']:+.2f} ± "
+        f"{moved['bar']:.2f}, "
+        + ("within the seed noise: the comparison between norms at batch 8 does not depend on the rule."
+           if moved["verdict"] == "within noise" else
+           "beyond the seed noise: the comparison between norms at small batches depends on Muon's learning rate, "
+           + ("and the sweep's holds for the square-root rule it uses." if root else
+              "so read the sweep's gaps between norms at small batches with that in mind."))
     )
 
 

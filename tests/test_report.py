@@ -211,7 +211,8 @@ def test_the_sweeps_budget_names_each_sweeps_recipe_when_they_differ():
     recipe = lambda **changes: dict(lib.RECIPE, **{"dirac": True, "optimizer": "Muon", **changes})
     point = lambda variant, seed, **changes: dict(norm="gn", variant=variant, seed=seed, n_train=10_000, n_test=10_000,
                                                   epochs=10, recipe=recipe(**changes), data="x", device="CPU: y",
-                                                  precision="bf16")
+                                                  precision="bf16", batch_size=int(variant.split()[1])
+                                                  if variant.startswith("batch") else 128)
     reported = dict(norm="bn", seed=0, recipe=recipe())
     sgd = dict(optimizer="SGD-Nesterov", dirac=False)
     batch = [point("batch 2", s, **sgd) for s in (0, 1)]
@@ -225,6 +226,9 @@ def test_the_sweeps_budget_names_each_sweeps_recipe_when_they_differ():
     same = report.sweep_budget({"the batch-size sweep": [point("batch 2", 0)], "the group-count sweep": groups}, reported)
     assert "**Recipe:** the reported recipe." in same
     assert "(Muon's" not in report.sweep_budget({"the batch-size sweep": batch}, reported)
+    root = [point("batch 128", 0), point("batch 2", 0, muon_lr=0.05 * 8)]          # Muon's peak 0.05 × √(2/128)
+    text = report.sweep_budget({"the batch-size sweep": root, "the group-count sweep": groups}, reported)
+    assert "peak 0.1 × *B* / 128 (Muon's: 0.05 × √(*B* / 128))." in text and "**Recipe:** the reported recipe." in text
 
 
 def test_the_optimizer_is_described_from_the_recipe_a_run_holds():

@@ -286,29 +286,49 @@ def lr_control(drop: dict, change: dict, lost=()) -> list[dict]:
     return runs
 
 
+def muon_sweep(rule: str) -> list[dict]:
+    """A batch sweep's records at batch 128 and 8, Muon's learning rate scaled linearly or by the square root."""
+    return [dict(run("bn", f"batch {b}", 0, 70.0), batch_size=b, recipe=dict(lib.RECIPE, optimizer="Muon", muon_lr=lr))
+            for b, lr in ((128, 0.05), (8, 0.05 if rule == "linear" else 0.2))]
+
+
+def test_muons_rule_is_read_from_the_records_and_a_mixture_is_refused():
+    assert report.muon_rule(muon_sweep("linear")) == {"rule": "linear", "base": 0.05}
+    assert report.muon_rule(muon_sweep("root")) == {"rule": "square root", "base": 0.05}
+    sgd = [dict(r, recipe=dict(r["recipe"], optimizer="SGD-Nesterov")) for r in muon_sweep("linear")]
+    assert report.muon_rule(sgd) is None
+    with pytest.raises(lib.NormbookError, match="more than one way"):
+        report.muon_rule(muon_sweep("root") + [dict(muon_sweep("linear")[1], batch_size=16)])
+
+
 def test_the_learning_rate_control_says_whether_muons_rate_or_the_norm_decides_at_small_batches():
-    sweep = [dict(run("bn", "batch 128", 0, 72.0), recipe=dict(lib.RECIPE, optimizer="Muon"))]
+    sweep = muon_sweep("linear")
     rule = report.lr_rule(lr_control({"bn": 9, "gn": 3, "ln": 3}, {"bn": 5, "gn": 3, "ln": 0}))
     assert rule["per_norm"]["bn"]["linear"]["change"] == pytest.approx(-9) and rule["seeds"] == 2
     assert rule["per_norm"]["bn"]["gain"]["change"] == pytest.approx(5.25)            # paired: (5.0 + 5.5) / 2
     assert rule["peaks"] == {"batch 128": 0.05, "batch 8": 0.003125, report.ROOT_RULE: 0.0125}
     text = report.lr_rule_text(rule, sweep)
-    assert "Muon's peak learning rate at 0.0125 (its batch-128 value 0.05 × √(8/128)) instead of the linear rule's 0.003125" in text
+    assert ("The sweep scales Muon's peak linearly, like SGD's. A control trains batch 8 both ways: Muon's peak learning "
+            "rate at 0.0125 (its batch-128 value 0.05 × √(8/128)) and at the linear rule's 0.003125 (× 8/128)") in text
     assert ("fp32, unlike the sweep's bf16" in text and "BN changes by -9.00 points with the linear rule and -3.75 with "
             "the square-root rule" in text)
     assert ("the square-root rule wins back accuracy for BN and GN and changes nothing beyond the seed noise for LN "
             "(BN +5.25 ±" in text and "so part of what the sweep shows at small batches for BN and GN is Muon's" in text)
     assert "+0.00 points (within noise) with the linear rule, +2.25 (gain) with the square-root rule; a move of +2.25" in text
-    assert text.endswith("beyond the seed noise: the comparison between norms at batch 8 depends on Muon's learning rate, "
-                         "so read the sweep's gaps between norms at small batches with that in mind.")
+    assert text.endswith("beyond the seed noise: the comparison between norms at small batches depends on Muon's learning "
+                         "rate, so read the sweep's gaps between norms at small batches with that in mind.")
+    text = report.lr_rule_text(rule, muon_sweep("root"))                 # told from the rule the sweep uses
+    assert "The sweep scales Muon's peak by √(*B*/128), SGD's linearly." in text
+    assert "so with the linear rule the sweep would show, for BN and GN, Muon's learning rate scaled down too far" in text
+    assert text.endswith("depends on Muon's learning rate, and the sweep's holds for the square-root rule it uses.")
     text = report.lr_rule_text(report.lr_rule(lr_control({"bn": 9, "gn": 6, "ln": -2}, {"bn": 2, "gn": -2, "ln": 2})), sweep)
     assert "the square-root rule wins back accuracy for BN, raises it for LN and costs GN accuracy (BN +2.25 ±" in text
     assert text.endswith("within the seed noise: the comparison between norms at batch 8 does not depend on the rule.")
     text = report.lr_rule_text(report.lr_rule(lr_control({"bn": 9, "gn": 3, "ln": 3}, {"bn": 0, "gn": 0, "ln": -2})), sweep)
-    assert ("costs LN accuracy and changes nothing beyond the seed noise for BN and GN" in text and "so at batch 8 a Muon "
-            "learning rate scaled down too far does not explain what the sweep shows" in text)
-    assert report.lr_rule_text(rule, [dict(sweep[0], recipe=dict(lib.RECIPE, optimizer="SGD-Nesterov"))]) == ""
-    assert report.lr_rule_text(None, sweep) == ""
+    assert ("costs LN accuracy and changes nothing beyond the seed noise for BN and GN (" in text
+            and "), so at batch 8 the linear rule does not starve Muon." in text)
+    sgd = [dict(r, recipe=dict(r["recipe"], optimizer="SGD-Nesterov")) for r in sweep]
+    assert report.lr_rule_text(rule, sgd) == "" and report.lr_rule_text(None, sweep) == ""
     lost = report.lr_rule(lr_control({"bn": 9, "gn": 3, "ln": 3}, {"bn": 5, "gn": 3, "ln": 0}, lost={("ln", report.ROOT_RULE, 1)}))
     assert lost["seeds"] == 1 and not lost["complete"]
     wrong = [dict(r, recipe=dict(r["recipe"], muon_lr=0.1)) if r["variant"] == report.ROOT_RULE else r
