@@ -1348,14 +1348,15 @@ LEVER_WORDS = {("optimizer", "Muon"): "**Muon** for the 3x3 conv weights", ("dir
 LEVERS = ("muon lr 0.05", "whiten trainable", "whiten frozen", "dirac init", "alternating flip")
 
 
-def recipe_words(runs: list[dict], reported: dict, varied=("bn_ghost", "bn_frozen", "muon_lr")) -> str:
+def recipe_words(runs: list[dict], reported: dict, varied=("bn_ghost", "bn_frozen")) -> str:
     """'the reported recipe', or the reported recipe with each setting the runs hold otherwise, in words: a
     claim about an experiment stays true when the recipe changes. `varied`: settings the experiment varies on
-    purpose, not counted as a difference (by default a sweep's: BN's statistics, and Muon's learning rate, which
-    a batch sweep scales with the batch; sweep_budget states how)."""
+    purpose, not counted as a difference. Muon's learning rate counts only at the batch it is given for (lr_batch):
+    elsewhere a batch sweep scales it by its rule, which sweep_budget states."""
     ours = lib.recorded_recipe(reported)
+    scaled = lambda r, k: k == "muon_lr" and r.get("batch_size", ours["lr_batch"]) != ours["lr_batch"]
     differ = {k: lib.recorded_recipe(r)[k] for r in runs for k in lib.RECIPE
-              if k not in varied and lib.recorded_recipe(r)[k] != ours[k]}
+              if k not in varied and not scaled(r, k) and lib.recorded_recipe(r)[k] != ours[k]}
     def say(k, x):
         if (k, x) in SETTING_WORDS:
             return SETTING_WORDS[k, x]
@@ -2068,8 +2069,8 @@ def data_name(source: str) -> str:
 
 def muon_rule(runs: list[dict]) -> dict | None:
     """How runs scale Muon's peak learning rate with the batch size, from their records: {"rule": "linear" (like
-    SGD's) or "square root", "base": the peak at lr_batch}; None where they train no Muon. A mixture, or runs
-    without one at lr_batch to scale from, is refused."""
+    SGD's), "square root", or None where every run is at lr_batch (no rule shown); "base": the peak at lr_batch}.
+    None where they train no Muon. A batch on neither rule, a mixture, or no run at lr_batch is refused."""
     muon = [(r["batch_size"], lib.recorded_recipe(r)) for r in runs if lib.recorded_recipe(r)["optimizer"] == "Muon"]
     if not muon:
         return None
@@ -2080,11 +2081,16 @@ def muon_rule(runs: list[dict]) -> dict | None:
     for b, rec in muon:
         k = b / rec["lr_batch"]
         if b != rec["lr_batch"]:                                   # peak = muon_lr × k (lib.train's linear scaling)
-            rules.add("linear" if math.isclose(rec["muon_lr"] * k, base * k) else
-                      "square root" if math.isclose(rec["muon_lr"] * k, base * math.sqrt(k)) else f"batch {b}: other")
+            if math.isclose(rec["muon_lr"], base):
+                rules.add("linear")
+            elif math.isclose(rec["muon_lr"] * k, base * math.sqrt(k)):
+                rules.add("square root")
+            else:
+                raise lib.NormbookError(f"at batch {b} Muon's peak learning rate {rec['muon_lr'] * k:g} follows "
+                                        f"neither the linear nor the square-root rule from {base:g} at {rec['lr_batch']}")
     if len(rules) > 1:
         raise lib.NormbookError(f"the runs scale Muon's learning rate in more than one way: {sorted(rules)}")
-    return dict(rule=rules.pop() if rules else "linear", base=base)
+    return dict(rule=rules.pop() if rules else None, base=base)
 
 
 def sweep_budget(sources: dict[str, list[dict]], reported: dict) -> str:
@@ -2109,8 +2115,10 @@ def sweep_budget(sources: dict[str, list[dict]], reported: dict) -> str:
             f"({r['n_train'] // 10:,} per class) for {r['epochs']} epochs, evaluated on all {r['n_test']:,} test images "
             f"at the final epoch; {seeds_text}, compared seed by seed. **Recipe:** {recipe}. "
             f"**Learning rate:** peak {r['recipe']['peak_lr']:g} × *B* / {r['recipe']['lr_batch']}"
-            + ("" if not muon else f" (Muon's: {muon['base']:g} × *B* / {r['recipe']['lr_batch']})" if muon["rule"] ==
-               "linear" else f" (Muon's: {muon['base']:g} × √(*B* / {r['recipe']['lr_batch']}))") + ". **Steps:** "
+            + ("" if not muon else {"linear": f" (Muon's: {muon['base']:g} × *B* / {r['recipe']['lr_batch']})",
+                                    "square root": f" (Muon's: {muon['base']:g} × √(*B* / {r['recipe']['lr_batch']}))",
+                                    None: f" (Muon's: {muon['base']:g} at batch {r['recipe']['lr_batch']})"}[muon["rule"]])
+            + ". **Steps:** "
             f"{r['epochs'] * math.ceil(r['n_train'] / 128):,} at batch 128, {r['epochs'] * math.ceil(r['n_train'] / 2):,} "
             f"at batch 2. "
             f"Data: {data_name(r['data'])}; {r['device']}, {r['precision']}.")
@@ -2184,11 +2192,11 @@ def batch_text(batch: dict, control: dict, rows: list[dict]) -> str:
 
 
 def lead_change(runs: list[dict], variant: str, reference: str) -> dict:
-    """How BN's lead over the better of GN and LN moves from `reference` to `variant`, paired by seed (four runs
-    per seed, so its bar is that of a difference of two runs times √2)."""
-    lead = {v: bn_lead(runs, v) for v in (variant, reference)}
+    """How BN's lead over the better of GN and LN at `reference` moves at `variant`, paired by seed (four runs
+    per seed, so its bar is that of a difference of two runs times √2); the other norm is the one at `reference`."""
+    other = bn_lead(runs, reference)["other"]
     def margin(v, s):
-        return accs(runs, "bn", v).get(s, math.nan) - accs(runs, lead[v]["other"], v).get(s, math.nan)
+        return accs(runs, "bn", v).get(s, math.nan) - accs(runs, other, v).get(s, math.nan)
     changes = [d for s in sorted(accs(runs, "bn", variant)) if not math.isnan(d := margin(variant, s) - margin(reference, s))]
     if not changes:
         return dict(change=math.nan, n=0, bar=math.nan, verdict="not run")
@@ -2204,8 +2212,7 @@ def muon_peak(run: dict) -> float:
 
 def lr_rule(runs: list[dict]) -> dict:
     """The control for Muon's learning-rate rule at batch 8, from its own runs (one precision, paired by seed):
-    per norm, batch 8 against batch 128 with Muon's peak scaled linearly with the batch (the sweep's rule) and by
-    its square root, and the root rule against the linear one; BN's lead over the better of GN and LN under each
+    per norm, batch 8 against batch 128 with Muon's peak scaled linearly with the batch and by its square root, and the root rule against the linear one; BN's lead over the better of GN and LN under each
     rule, and how it moves. `complete`: every comparison has two seeds or more."""
     per_norm = {n: dict(linear=paired(runs, n, "batch 8", "batch 128"), root=paired(runs, n, ROOT_RULE, "batch 128"),
                         gain=paired(runs, n, ROOT_RULE, "batch 8")) for n in lib.NORMS}
@@ -2240,20 +2247,41 @@ def lr_rule_text(rule: dict | None, sweep_runs: list[dict]) -> str:
                 f"({and_join(lost)}), so it is not read.")
     p, r, peaks = rule["per_norm"], rule["record"], rule["peaks"]
     root = sweep_rule["rule"] == "square root"                     # the sweep's own rule; else linear, like SGD's
+    names = lambda norms: and_join(n.upper() for n in norms)
     by = lambda verdicts: [n for n in lib.NORMS if p[n]["gain"]["verdict"] in verdicts]
     back = [n for n in by({"gain"}) if p[n]["linear"]["verdict"] == "loss"]        # a loss the larger rate wins back
     raised = [n for n in by({"gain"}) if n not in back]
-    effects = [f"wins back accuracy for {and_join(n.upper() for n in back)}" if back else "",
-               f"raises it for {and_join(n.upper() for n in raised)}" if raised else "",
-               f"costs {and_join(n.upper() for n in by({'loss'}))} accuracy" if by({"loss"}) else "",
-               f"changes nothing beyond the seed noise for {and_join(n.upper() for n in by({'within noise'}))}"
-               if by({"within noise"}) else ""]
-    starved = and_join(n.upper() for n in back) if back else ""
-    meaning = (("so with the linear rule the sweep would show, for " + starved + ", Muon's learning rate scaled down "
-                "too far rather than the norm" if root else "so part of what the sweep shows at small batches for "
-                + starved + " is Muon's learning rate scaled down too far, not the norm") if back else
-               "so at batch 8 the linear rule does not starve Muon")
+    effects = [f"wins back accuracy for {names(back)}" if back else "",
+               f"raises accuracy for {names(raised)}" if raised else "",
+               f"costs {names(by({'loss'}))} accuracy" if by({"loss"}) else "",
+               f"changes nothing beyond the seed noise for {names(by({'within noise'}))}" if by({"within noise"}) else ""]
+    if back:
+        still = [n for n in back if p[n]["root"]["verdict"] == "loss"]
+        meaning = (f"so part of what {'a linear-rule sweep would show' if root else 'the sweep shows'} at batch 8 for "
+                   f"{names(back)} is Muon's learning rate scaled down too far, not the norm"
+                   + (f"; {names(still)} still lose{'s' if len(still) == 1 else ''} against batch 128 with the "
+                      "square-root rule" if still else ""))
+    elif raised:
+        meaning = ("so the linear rule loses nothing beyond the seed noise against batch 128 at batch 8, and the "
+                   "square-root rule does better still")
+    else:
+        meaning = "so at batch 8 the linear rule does not starve Muon"
+    above = [n for n in lib.NORMS if p[n]["root"]["verdict"] == "gain"]
+    steps = (f" With the square-root rule {names(above)} end{'s' if len(above) == 1 else ''} above "
+             f"{'its' if len(above) == 1 else 'their'} batch-128 accuracy: batch 8 takes 16 times as many steps, on a "
+             "budget short for every norm (see the step-count control)." if above else "")
     lead, moved = rule["lead"], rule["moved"]
+    state = {"gain": "BN leads", "loss": "BN trails", "within noise": "BN is level with the better of GN and LN"}
+    if lead["batch 8"]["verdict"] == lead[ROOT_RULE]["verdict"]:
+        between = (f"{state[lead['batch 8']['verdict']]} under both rules, and the rule "
+                   + (f"moves BN's margin by {moved['change']:+.2f} points (± {moved['bar']:.2f}): the size of the gap "
+                      "between norms at batch 8 depends on Muon's learning rate, its sign does not."
+                      if moved["verdict"] != "within noise" else
+                      f"does not measurably move BN's margin ({moved['change']:+.2f} ± {moved['bar']:.2f} points)."))
+    else:
+        between = ("the verdict between norms at batch 8 depends on Muon's learning rate, so the sweep's gaps between "
+                   "norms at small batches are those of " + ("the square-root rule it uses; another rule for Muon "
+                   "could move them." if root else "the linear rule it uses; read them with that in mind."))
     precision = ("" if r["precision"] == sweep_runs[0]["precision"] else
                  f", unlike the sweep's {sweep_runs[0]['precision']}, so its accuracies are compared with each other, "
                  "not with the figure's")
@@ -2275,15 +2303,8 @@ def lr_rule_text(rule: dict | None, sweep_runs: list[dict]) -> str:
             f"{p[n]['root']['change']:+.2f} with the square-root rule" for n in lib.NORMS)
         + ". Against the linear rule, the square-root rule " + and_join(e for e in effects if e) + " ("
         + ", ".join(f"{n.upper()} {p[n]['gain']['change']:+.2f} ± {p[n]['gain']['bar']:.2f}" for n in lib.NORMS)
-        + f"), {meaning}. BN minus the better of GN and LN at batch 8: {lead['batch 8']['change']:+.2f} points "
-        f"({lead['batch 8']['verdict']}) with the linear rule, {lead[ROOT_RULE]['change']:+.2f} "
-        f"({lead[ROOT_RULE]['verdict']}) with the square-root rule; a move of {moved['change']:+.2f} ± "
-        f"{moved['bar']:.2f}, "
-        + ("within the seed noise: the comparison between norms at batch 8 does not depend on the rule."
-           if moved["verdict"] == "within noise" else
-           "beyond the seed noise: the comparison between norms at small batches depends on Muon's learning rate, "
-           + ("and the sweep's holds for the square-root rule it uses." if root else
-              "so read the sweep's gaps between norms at small batches with that in mind."))
+        + f"), {meaning}.{steps} BN minus the better of GN and LN at batch 8: {lead['batch 8']['change']:+.2f} points "
+        f"with the linear rule, {lead[ROOT_RULE]['change']:+.2f} with the square-root rule; {between}"
     )
 
 

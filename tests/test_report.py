@@ -222,13 +222,17 @@ def test_the_sweeps_budget_names_each_sweeps_recipe_when_they_differ():
     assert "seeds 0 and 1 at 2 of its 3 points, one seed at the others (groups 2)" in text
     assert ("**Recipe:** in the batch-size sweep, a recipe with SGD-Nesterov for every weight and Kaiming initialisation, "
             "the rest as in the reported runs; in the group-count sweep, the reported recipe.") in text
-    assert "peak 0.1 × *B* / 128 (Muon's: 0.05 × *B* / 128)." in text and "790 at batch 128, 50,000 at batch 2" in text
+    assert "peak 0.1 × *B* / 128 (Muon's: 0.05 at batch 128)." in text and "790 at batch 128, 50,000 at batch 2" in text
     same = report.sweep_budget({"the batch-size sweep": [point("batch 2", 0)], "the group-count sweep": groups}, reported)
     assert "**Recipe:** the reported recipe." in same
     assert "(Muon's" not in report.sweep_budget({"the batch-size sweep": batch}, reported)
     root = [point("batch 128", 0), point("batch 2", 0, muon_lr=0.05 * 8)]          # Muon's peak 0.05 × √(2/128)
     text = report.sweep_budget({"the batch-size sweep": root, "the group-count sweep": groups}, reported)
     assert "peak 0.1 × *B* / 128 (Muon's: 0.05 × √(*B* / 128))." in text and "**Recipe:** the reported recipe." in text
+    linear = [point("batch 128", 0), point("batch 2", 0)]
+    assert "(Muon's: 0.05 × *B* / 128)." in report.sweep_budget({"the batch-size sweep": linear}, reported)
+    faster = [point("batch 128", 0, muon_lr=0.1), point("batch 2", 0, muon_lr=0.8)]   # Muon's rate differs at batch 128
+    assert report.recipe_words(faster, reported) != "the reported recipe"
 
 
 def test_the_optimizer_is_described_from_the_recipe_a_run_holds():

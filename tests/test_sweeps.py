@@ -299,6 +299,11 @@ def test_muons_rule_is_read_from_the_records_and_a_mixture_is_refused():
     assert report.muon_rule(sgd) is None
     with pytest.raises(lib.NormbookError, match="more than one way"):
         report.muon_rule(muon_sweep("root") + [dict(muon_sweep("linear")[1], batch_size=16)])
+    odd = muon_sweep("root")
+    odd[1]["recipe"] = dict(odd[1]["recipe"], muon_lr=0.3)
+    with pytest.raises(lib.NormbookError, match="at batch 8 Muon's peak learning rate 0.01875 follows neither"):
+        report.muon_rule(odd)
+    assert report.muon_rule(muon_sweep("root")[:1]) == {"rule": None, "base": 0.05}     # batch 128 only: no rule shown
 
 
 def test_the_learning_rate_control_says_whether_muons_rate_or_the_norm_decides_at_small_batches():
@@ -313,17 +318,27 @@ def test_the_learning_rate_control_says_whether_muons_rate_or_the_norm_decides_a
     assert ("fp32, unlike the sweep's bf16" in text and "BN changes by -9.00 points with the linear rule and -3.75 with "
             "the square-root rule" in text)
     assert ("the square-root rule wins back accuracy for BN and GN and changes nothing beyond the seed noise for LN "
-            "(BN +5.25 ±" in text and "so part of what the sweep shows at small batches for BN and GN is Muon's" in text)
-    assert "+0.00 points (within noise) with the linear rule, +2.25 (gain) with the square-root rule; a move of +2.25" in text
-    assert text.endswith("beyond the seed noise: the comparison between norms at small batches depends on Muon's learning "
-                         "rate, so read the sweep's gaps between norms at small batches with that in mind.")
+            "(BN +5.25 ±" in text and "so part of what the sweep shows at batch 8 for BN and GN is Muon's learning rate "
+            "scaled down too far, not the norm; BN still loses against batch 128 with the square-root rule." in text)
+    assert text.endswith("+0.00 points with the linear rule, +2.25 with the square-root rule; the verdict between norms "
+                         "at batch 8 depends on Muon's learning rate, so the sweep's gaps between norms at small batches "
+                         "are those of the linear rule it uses; read them with that in mind.")
     text = report.lr_rule_text(rule, muon_sweep("root"))                 # told from the rule the sweep uses
     assert "The sweep scales Muon's peak by √(*B*/128), SGD's linearly." in text
-    assert "so with the linear rule the sweep would show, for BN and GN, Muon's learning rate scaled down too far" in text
-    assert text.endswith("depends on Muon's learning rate, and the sweep's holds for the square-root rule it uses.")
+    assert "so part of what a linear-rule sweep would show at batch 8 for BN and GN is Muon's learning rate" in text
+    assert text.endswith("are those of the square-root rule it uses; another rule for Muon could move them.")
     text = report.lr_rule_text(report.lr_rule(lr_control({"bn": 9, "gn": 6, "ln": -2}, {"bn": 2, "gn": -2, "ln": 2})), sweep)
-    assert "the square-root rule wins back accuracy for BN, raises it for LN and costs GN accuracy (BN +2.25 ±" in text
-    assert text.endswith("within the seed noise: the comparison between norms at batch 8 does not depend on the rule.")
+    assert "the square-root rule wins back accuracy for BN, raises accuracy for LN and costs GN accuracy (BN +2.25 ±" in text
+    assert "With the square-root rule LN ends above its batch-128 accuracy: batch 8 takes 16 times as many steps" in text
+    assert text.endswith("BN trails under both rules, and the rule does not measurably move BN's margin (+0.25 ± 0.58 points).")
+    text = report.lr_rule_text(report.lr_rule(lr_control({"bn": 0, "gn": 0, "ln": 0}, {"bn": 3, "gn": 3, "ln": 3})), sweep)
+    assert ("the square-root rule raises accuracy for BN, GN and LN (BN +3.25 ± 0.41, GN +3.00 ± 0.41, LN +3.00 ± 0.41), so "
+            "the linear rule loses nothing beyond the seed noise against batch 128 at batch 8, and the square-root rule does "
+            "better still. With the square-root rule BN, GN and LN end above their batch-128 accuracy") in text
+    assert text.endswith("BN leads under both rules, and the rule does not measurably move BN's margin (+0.25 ± 0.58 points).")
+    text = report.lr_rule_text(report.lr_rule(lr_control({"bn": 0, "gn": 0, "ln": 0}, {"bn": 3, "gn": 0, "ln": 0})), sweep)
+    assert text.endswith("BN leads under both rules, and the rule moves BN's margin by +3.25 points (± 0.58): the size of "
+                         "the gap between norms at batch 8 depends on Muon's learning rate, its sign does not.")
     text = report.lr_rule_text(report.lr_rule(lr_control({"bn": 9, "gn": 3, "ln": 3}, {"bn": 0, "gn": 0, "ln": -2})), sweep)
     assert ("costs LN accuracy and changes nothing beyond the seed noise for BN and GN (" in text
             and "), so at batch 8 the linear rule does not starve Muon." in text)
