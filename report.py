@@ -2078,16 +2078,17 @@ def muon_rule(runs: list[dict]) -> dict | None:
     if len(bases) != 1:
         raise lib.NormbookError(f"Muon's learning rate at the reference batch is not one value: {sorted(bases)}")
     base, rules = bases.pop(), set()
-    for b, rec in muon:
-        k = b / rec["lr_batch"]
-        if b != rec["lr_batch"]:                                   # peak = muon_lr × k (lib.train's linear scaling)
-            if math.isclose(rec["muon_lr"], base):
+    for r in runs:
+        b, lr_batch = r["batch_size"], lib.recorded_recipe(r)["lr_batch"]
+        if lib.recorded_recipe(r)["optimizer"] == "Muon" and b != lr_batch:
+            peak, k = muon_peak(r), b / lr_batch
+            if math.isclose(peak, base * k):
                 rules.add("linear")
-            elif math.isclose(rec["muon_lr"] * k, base * math.sqrt(k)):
+            elif math.isclose(peak, base * math.sqrt(k)):
                 rules.add("square root")
             else:
-                raise lib.NormbookError(f"at batch {b} Muon's peak learning rate {rec['muon_lr'] * k:g} follows "
-                                        f"neither the linear nor the square-root rule from {base:g} at {rec['lr_batch']}")
+                raise lib.NormbookError(f"at batch {b} Muon's peak learning rate {peak:g} follows neither the linear "
+                                        f"nor the square-root rule from {base:g} at {lr_batch}")
     if len(rules) > 1:
         raise lib.NormbookError(f"the runs scale Muon's learning rate in more than one way: {sorted(rules)}")
     return dict(rule=rules.pop() if rules else None, base=base)
@@ -2212,19 +2213,22 @@ def muon_peak(run: dict) -> float:
 
 def lr_rule(runs: list[dict]) -> dict:
     """The control for Muon's learning-rate rule at batch 8, from its own runs (one precision, paired by seed):
-    per norm, batch 8 against batch 128 with Muon's peak scaled linearly with the batch and by its square root, and the root rule against the linear one; BN's lead over the better of GN and LN under each
-    rule, and how it moves. `complete`: every comparison has two seeds or more."""
+    per norm, batch 8 against batch 128 with Muon's peak scaled linearly with the batch and by its square root,
+    and the root rule against the linear one; BN's lead over the better of GN and LN under each rule, and how it
+    moves. `thin`: the points with fewer than two seeds (a diverged run is not read), which leave it unread."""
     per_norm = {n: dict(linear=paired(runs, n, "batch 8", "batch 128"), root=paired(runs, n, ROOT_RULE, "batch 128"),
                         gain=paired(runs, n, ROOT_RULE, "batch 8")) for n in lib.NORMS}
     lead = {v: bn_lead(runs, v) for v in ("batch 8", ROOT_RULE)}
     moved = lead_change(runs, ROOT_RULE, "batch 8")
     seeds = min([c["n"] for p in per_norm.values() for c in p.values()] + [c["n"] for c in lead.values()] + [moved["n"]])
+    thin = [f"{n.upper()} at {v}" for v in ("batch 128", "batch 8", ROOT_RULE) for n in lib.NORMS
+            if len(accs(runs, n, v)) < 2]
     one = lambda v: next((r for r in runs if r["variant"] == v), None)
     peaks = {v: muon_peak(one(v)) if one(v) else math.nan for v in ("batch 128", "batch 8", ROOT_RULE)}
     if not math.isclose(peaks[ROOT_RULE], peaks["batch 128"] * math.sqrt(8 / 128)):   # what the text will say
         raise lib.NormbookError(f"{ROOT_RULE!r} trains Muon at a peak of {peaks[ROOT_RULE]:g}, not batch 128's "
                                 f"{peaks['batch 128']:g} × √(8/128)")
-    return dict(per_norm=per_norm, lead=lead, moved=moved, seeds=seeds, complete=seeds >= 2, peaks=peaks,
+    return dict(per_norm=per_norm, lead=lead, moved=moved, seeds=seeds, thin=thin, peaks=peaks,
                 record=one("batch 128") or runs[0])
 
 
@@ -2236,15 +2240,14 @@ def lr_rule_control() -> dict | None:
 def lr_rule_text(rule: dict | None, sweep_runs: list[dict]) -> str:
     """The control's bullet for the batch sweep: Muon's peak learning rate at batch 8 scaled by the square root of
     the batch or linearly, for each norm and between them, told from the rule the sweep itself uses. Nothing unless
-    the sweep trains Muon and the control is done (rule None); one sentence if runs of it diverged, leaving a
-    comparison without two seeds."""
+    the sweep trains Muon and the control is done (rule None); one sentence if a point of it has fewer than two
+    seeds."""
     sweep_rule = muon_rule(sweep_runs)
     if rule is None or sweep_rule is None:
         return ""
-    if not rule["complete"]:
-        lost = [f"{x['norm'].upper()}, {x['variant']}, seed {x['seed']}" for x in diverged(LR_RULE)]
-        return (f"- **Muon's learning rate.** The control for its rule at batch 8 lacks runs that diverged "
-                f"({and_join(lost)}), so it is not read.")
+    if rule["thin"]:
+        return (f"- **Muon's learning rate.** The control for its rule at batch 8 has fewer than two seeds at "
+                f"{and_join(rule['thin'])} (a run that diverged is not read), so its comparisons are not made.")
     p, r, peaks = rule["per_norm"], rule["record"], rule["peaks"]
     root = sweep_rule["rule"] == "square root"                     # the sweep's own rule; else linear, like SGD's
     names = lambda norms: and_join(n.upper() for n in norms)
@@ -2268,20 +2271,23 @@ def lr_rule_text(rule: dict | None, sweep_runs: list[dict]) -> str:
         meaning = "so at batch 8 the linear rule does not starve Muon"
     above = [n for n in lib.NORMS if p[n]["root"]["verdict"] == "gain"]
     steps = (f" With the square-root rule {names(above)} end{'s' if len(above) == 1 else ''} above "
-             f"{'its' if len(above) == 1 else 'their'} batch-128 accuracy: batch 8 takes 16 times as many steps, on a "
+             f"{'its' if len(above) == 1 else 'their'} batch-128 accuracy: batch 8 takes {128 // 8} times as many steps, on a "
              "budget short for every norm (see the step-count control)." if above else "")
     lead, moved = rule["lead"], rule["moved"]
     state = {"gain": "BN leads", "loss": "BN trails", "within noise": "BN is level with the better of GN and LN"}
-    if lead["batch 8"]["verdict"] == lead[ROOT_RULE]["verdict"]:
-        between = (f"{state[lead['batch 8']['verdict']]} under both rules, and the rule "
-                   + (f"moves BN's margin by {moved['change']:+.2f} points (± {moved['bar']:.2f}): the size of the gap "
-                      "between norms at batch 8 depends on Muon's learning rate, its sign does not."
-                      if moved["verdict"] != "within noise" else
-                      f"does not measurably move BN's margin ({moved['change']:+.2f} ± {moved['bar']:.2f} points)."))
+    lin, sq = state[lead["batch 8"]["verdict"]], state[lead[ROOT_RULE]["verdict"]]
+    verdicts = f"{lin} under both rules" if lin == sq else f"{lin} with the linear rule, {sq} with the square-root rule"
+    if moved["verdict"] == "within noise":          # a verdict crossing its bar is no move unless the margin moves
+        between = (f"{verdicts}, and the rule does not measurably move BN's margin ({moved['change']:+.2f} ± "
+                   f"{moved['bar']:.2f} points).")
+    elif lin == sq:
+        between = (f"{verdicts}, and the rule moves BN's margin by {moved['change']:+.2f} points (± {moved['bar']:.2f}): "
+                   "the size of the gap between norms at batch 8 depends on Muon's learning rate, its sign does not.")
     else:
-        between = ("the verdict between norms at batch 8 depends on Muon's learning rate, so the sweep's gaps between "
-                   "norms at small batches are those of " + ("the square-root rule it uses; another rule for Muon "
-                   "could move them." if root else "the linear rule it uses; read them with that in mind."))
+        between = (f"{verdicts}: the verdict between norms at batch 8 depends on Muon's learning rate (BN's margin "
+                   f"moves by {moved['change']:+.2f} ± {moved['bar']:.2f} points), so the sweep's gaps between norms at "
+                   "small batches are those of " + ("the square-root rule it uses; another rule for Muon could move "
+                   "them." if root else "the linear rule it uses; read them with that in mind."))
     precision = ("" if r["precision"] == sweep_runs[0]["precision"] else
                  f", unlike the sweep's {sweep_runs[0]['precision']}, so its accuracies are compared with each other, "
                  "not with the figure's")
@@ -2297,7 +2303,8 @@ def lr_rule_text(rule: dict | None, sweep_runs: list[dict]) -> str:
         + ("The sweep scales Muon's peak by √(*B*/128), SGD's linearly. " if root else
            "The sweep scales Muon's peak linearly, like SGD's. ")
         + f"A control trains batch 8 both ways: {rates}. {rule['seeds']} seeds, paired by seed; the first "
-        f"{r['n_train']:,} training images, {r['epochs']} epochs, the whole test set; {r['device']}, "
+        f"{r['n_train']:,} training images, {r['epochs']} epochs, the whole test set; data: {data_name(r['data'])}; "
+        f"{r['device']}, "
         f"{r['precision']}{precision}. From batch 128 to batch 8, " + ", ".join(
             f"{n.upper()} changes by {p[n]['linear']['change']:+.2f} points with the linear rule and "
             f"{p[n]['root']['change']:+.2f} with the square-root rule" for n in lib.NORMS)

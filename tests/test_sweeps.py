@@ -282,7 +282,8 @@ def lr_control(drop: dict, change: dict, lost=()) -> list[dict]:
                 a = base[n] + (-drop[n] if d == -1 else 0) + ((change[n] - drop[n]) if d is None else 0)
                 a += (0.1 if s else -0.1) * (-1 if d is None else 1) + (0.5 if d is None and n == "bn" and s else 0)
                 runs.append(dict(run(n, v, s, a, "fp32"), batch_size=b, recipe=dict(lib.RECIPE, optimizer="Muon",
-                                 muon_lr=muon_lr), n_train=10_000, epochs=10, device="cpu"))
+                                 muon_lr=muon_lr), n_train=10_000, epochs=10, device="cpu",
+                                 data="ImageFolder tree at data/ (offline JPEG copy of CIFAR-10)"))
     return runs
 
 
@@ -315,14 +316,20 @@ def test_the_learning_rate_control_says_whether_muons_rate_or_the_norm_decides_a
     text = report.lr_rule_text(rule, sweep)
     assert ("The sweep scales Muon's peak linearly, like SGD's. A control trains batch 8 both ways: Muon's peak learning "
             "rate at 0.0125 (its batch-128 value 0.05 × √(8/128)) and at the linear rule's 0.003125 (× 8/128)") in text
+    assert "the whole test set; data: CIFAR-10, an offline JPEG copy; cpu, fp32, unlike the sweep's bf16" in text
     assert ("fp32, unlike the sweep's bf16" in text and "BN changes by -9.00 points with the linear rule and -3.75 with "
             "the square-root rule" in text)
     assert ("the square-root rule wins back accuracy for BN and GN and changes nothing beyond the seed noise for LN "
             "(BN +5.25 ±" in text and "so part of what the sweep shows at batch 8 for BN and GN is Muon's learning rate "
             "scaled down too far, not the norm; BN still loses against batch 128 with the square-root rule." in text)
-    assert text.endswith("+0.00 points with the linear rule, +2.25 with the square-root rule; the verdict between norms "
-                         "at batch 8 depends on Muon's learning rate, so the sweep's gaps between norms at small batches "
-                         "are those of the linear rule it uses; read them with that in mind.")
+    assert text.endswith("+0.00 points with the linear rule, +2.25 with the square-root rule; BN is level with the "
+                         "better of GN and LN with the linear rule, BN leads with the square-root rule: the verdict "
+                         "between norms at batch 8 depends on Muon's learning rate (BN's margin moves by +2.25 ± 0.58 "
+                         "points), so the sweep's gaps between norms at small batches are those of the linear rule it "
+                         "uses; read them with that in mind.")
+    text = report.lr_rule_text(report.lr_rule(lr_control({"bn": 5.7, "gn": 0, "ln": 0}, {"bn": 0.2, "gn": 0, "ln": 0})), sweep)
+    assert text.endswith("BN leads with the square-root rule, and the rule does not measurably move BN's margin "
+                         "(+0.45 ± 0.58 points).")                 # a verdict crossing its bar is not a move
     text = report.lr_rule_text(rule, muon_sweep("root"))                 # told from the rule the sweep uses
     assert "The sweep scales Muon's peak by √(*B*/128), SGD's linearly." in text
     assert "so part of what a linear-rule sweep would show at batch 8 for BN and GN is Muon's learning rate" in text
@@ -345,7 +352,10 @@ def test_the_learning_rate_control_says_whether_muons_rate_or_the_norm_decides_a
     sgd = [dict(r, recipe=dict(r["recipe"], optimizer="SGD-Nesterov")) for r in sweep]
     assert report.lr_rule_text(rule, sgd) == "" and report.lr_rule_text(None, sweep) == ""
     lost = report.lr_rule(lr_control({"bn": 9, "gn": 3, "ln": 3}, {"bn": 5, "gn": 3, "ln": 0}, lost={("ln", report.ROOT_RULE, 1)}))
-    assert lost["seeds"] == 1 and not lost["complete"]
+    assert lost["seeds"] == 1 and lost["thin"] == [f"LN at {report.ROOT_RULE}"]
+    assert report.lr_rule_text(lost, sweep) == ("- **Muon's learning rate.** The control for its rule at batch 8 has fewer "
+                                                f"than two seeds at LN at {report.ROOT_RULE} (a run that diverged is not "
+                                                "read), so its comparisons are not made.")
     wrong = [dict(r, recipe=dict(r["recipe"], muon_lr=0.1)) if r["variant"] == report.ROOT_RULE else r
              for r in lr_control({"bn": 9, "gn": 3, "ln": 3}, {"bn": 5, "gn": 3, "ln": 0})]
     with pytest.raises(lib.NormbookError, match="not batch 128's 0.05 × √"):
