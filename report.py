@@ -2135,10 +2135,11 @@ def batch_table(batch: dict):
 
 
 def steps_text(batch: dict, control: dict) -> str:
-    """The norms without batch statistics whose accuracy rises as the batch shrinks, by less than twice the epochs
-    give them at batch 128: their rise is called one of optimization."""
+    """The norms without batch statistics whose accuracy rises beyond the seed noise as the batch shrinks, by less
+    than twice the epochs give them at batch 128: their rise is called one of optimization."""
     rise = {n: batch["worst"][n]["change_change"] for n in lib.NORMS}
-    steps = [n for n in lib.NORMS if 0 < rise[n] < control["per_norm"][n]["vs_128"]["change"]]
+    steps = [n for n in lib.NORMS if batch["worst"][n]["change_verdict"] == "gain"
+             and rise[n] < control["per_norm"][n]["vs_128"]["change"]]
     if not steps:
         return ""
     many = len(steps) > 1
@@ -2401,8 +2402,11 @@ def why_text(why: dict, longer: str = "") -> str:
     frozen_note = (" Frozen after the warm-up, BN's statistics no longer follow the changing weights and training "
                    "diverges at the same learning rate (so removing the noise could not be tested this way): BN needs "
                    "its live statistics for steps this large." if why["frozen_diverged"] else
-                   "" if not fz["n"] else " Removing the batch statistics after the warm-up costs accuracy, so BN "
-                   "keeps helping while it normalizes with live batches." if fz["verdict"] == "loss" else
+                   "" if not fz["n"] else " Frozen after the warm-up, BN's statistics no longer follow the changing "
+                   "weights, and that costs accuracy: BN keeps helping while it normalizes with live batches. Freezing "
+                   "takes away that tracking together with the noise, so its loss is not evidence for the noise"
+                   + (", and the ghost batches, which change the noise alone, do not raise accuracy." if why["supports"]
+                      in ("fit", "neither") else ".") if fz["verdict"] == "loss" else
                    " Training on with frozen statistics after the warm-up costs nothing beyond noise, so what BN "
                    "contributes is settled early in training.")
     share = why["share"]
